@@ -1,0 +1,87 @@
+// Option haggling as a state machine, without I/O.
+//
+// The server reads the greeting answer and each option, hands them here, and
+// sends what comes back. The negotiator owns every rule of the handshake
+// phase: which options are valid when, what STARTTLS wipes, how meta context
+// queries match, which info replies GO sends, when the client must be dropped.
+//
+//   Negotiator n(catalog, {.tls = TlsMode::off});
+//   if (!n.on_client_flags(flags)) drop();
+//   loop: read header; if header.length > kDropOptionLength: drop();
+//         if header.length > kMaxOptionLength: drain; send(n.on_oversized_option(opt));
+//         else step = n.on_option(opt, payload); send(step.reply); act on step.action.
+#pragma once
+
+#include "nbd/export_info.hpp"
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace fleece::nbd {
+
+enum class TlsMode { off, on, require };
+
+struct NegotiatorConfig {
+  TlsMode tls = TlsMode::off;
+  bool shutting_down = false;  // every option then gets NBD_REP_ERR_SHUTDOWN
+};
+
+struct MetaContext {
+  uint32_t id = 0;
+  std::string name;
+};
+
+// What transmission starts with once negotiation ends.
+struct Session {
+  ExportInfo export_info;
+  uint16_t transmission_flags = 0;  // as sent to the client, HAS_FLAGS included
+  bool structured_replies = false;
+  std::vector<MetaContext> contexts;  // empty unless SET_META_CONTEXT chose this export
+  bool tls = false;
+};
+
+class Negotiator {
+ public:
+  enum class Action {
+    kContinue,      // send reply, read the next option
+    kStartTls,      // send reply (the ACK), run the TLS handshake, then call on_tls_established()
+    kTransmission,  // send reply, then serve session()
+    kClose,         // send reply (may be empty), then close the connection
+  };
+  struct Step {
+    std::vector<uint8_t> reply;
+    Action action = Action::kContinue;
+  };
+
+  Negotiator(const ExportCatalog& catalog, NegotiatorConfig config);
+
+  // The 32-bit client flags after the greeting. false: drop the connection
+  // (unknown bits, or no FIXED_NEWSTYLE).
+  bool on_client_flags(uint32_t flags);
+  bool no_zeroes() const { return no_zeroes_; }
+
+  // One option whose payload has been read completely.
+  Step on_option(uint32_t option, std::span<const uint8_t> payload);
+  // An option whose payload (over kMaxOptionLength) the server drained unread.
+  Step on_oversized_option(uint32_t option);
+  // STARTTLS completed: negotiation state is wiped as the spec requires.
+  void on_tls_established();
+
+  const Session& session() const { return session_; }
+
+ private:
+  // Implementation state; see negotiation.cpp.
+  const ExportCatalog& catalog_;
+  NegotiatorConfig config_;
+  bool no_zeroes_ = false;
+  bool tls_active_ = false;
+  bool structured_ = false;
+  std::string meta_export_;          // export named by the last SET_META_CONTEXT
+  std::vector<MetaContext> meta_;    // contexts it selected
+  uint32_t next_context_id_ = 1;
+  Session session_;
+};
+
+}  // namespace fleece::nbd
