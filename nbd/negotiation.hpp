@@ -15,6 +15,7 @@
 #include "nbd/export_info.hpp"
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -71,13 +72,28 @@ class Negotiator {
 
   const Session& session() const { return session_; }
 
+  // Whether STARTTLS has completed on this connection.
+  bool tls_active() const { return tls_active_; }
+
  private:
   // Implementation state; see negotiation.cpp.
+  std::optional<Step> gatekeep(uint32_t option);  // shutdown and TLS-require answers
+  Step export_name(std::span<const uint8_t> payload);
+  Step list(std::span<const uint8_t> payload);
+  Step start_tls(std::span<const uint8_t> payload);
+  Step structured_reply(std::span<const uint8_t> payload);
+  Step info_or_go(uint32_t option, std::span<const uint8_t> payload);
+  Step meta_context(uint32_t option, std::span<const uint8_t> payload);
+  uint16_t transmission_flags(const ExportInfo& e) const;
+  bool hidden_without_tls(const ExportInfo& e) const;
+  void enter_transmission(ExportInfo e, uint16_t flags);
+
   const ExportCatalog& catalog_;
   NegotiatorConfig config_;
   bool no_zeroes_ = false;
   bool tls_active_ = false;
   bool structured_ = false;
+  bool meta_set_ = false;            // a SET_META_CONTEXT succeeded since the last reset
   std::string meta_export_;          // export named by the last SET_META_CONTEXT
   std::vector<MetaContext> meta_;    // contexts it selected
   uint32_t next_context_id_ = 1;
