@@ -1,7 +1,8 @@
 # Helpers for the interop tests. Source it: `. "$(dirname "$0")/lib.sh"`.
 #
 # The server under test is fleece ($FLEECE). With PEER=qsd the same tests run
-# against qemu-storage-daemon instead, which validates the tests themselves:
+# against qemu-storage-daemon instead (PEER=nbdkit: nbdkit file, one export),
+# which validates the tests themselves:
 # serve_start takes fleece's command line and translates it.
 
 set -euo pipefail
@@ -19,6 +20,7 @@ cleanup() {
   local rc=$?
   if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -KILL "$SERVER_PID" 2>/dev/null || true
+    { wait "$TIMEOUT_PID"; } 2>/dev/null || true
   fi
   if ((rc != 0)) && [[ -s $SERVER_LOG ]]; then
     echo "---- server log (last 40 lines) ----" >&2
@@ -90,6 +92,10 @@ serve_start() {
   : >"$SERVER_LOG"
   if [[ $PEER == qsd ]]; then
     _qsd_start "$@"
+    return
+  fi
+  if [[ $PEER == nbdkit ]]; then
+    _nbdkit_start "$@"
     return
   fi
   [[ -x $FLEECE ]] || fail "fleece binary not found at $FLEECE"
@@ -170,6 +176,31 @@ _qsd_start() {
     sleep 0.1
   done
   fail "qemu-storage-daemon not ready"
+}
+
+# nbdkit's file plugin: one export (the first --disk), first unix listener.
+_nbdkit_start() {
+  local name= path= ro=() sock= spec
+  while (($#)); do
+    case $1 in
+      --disk) [[ -n $name ]] || { spec=$2; name=${spec%%=*}; spec=${spec#*=}; path=${spec%%,*}
+              [[ $spec == *readonly* ]] && ro=(-r); }; shift 2 ;;
+      --listen) [[ -n $sock || $2 != unix:* ]] || sock=${2#unix:}; shift 2 ;;
+      *) shift 2 ;;
+    esac
+  done
+  timeout 120 nbdkit -f -U "$sock" -e "$name" -P "$T/nbdkit.pid" "${ro[@]}" file "$path" \
+    >"$T/server.out" 2>>"$SERVER_LOG" &
+  TIMEOUT_PID=$!
+  local i
+  for ((i = 0; i < 300; i++)); do
+    if [[ -s $T/nbdkit.pid ]]; then
+      SERVER_PID=$(cat "$T/nbdkit.pid"); return 0
+    fi
+    kill -0 "$TIMEOUT_PID" 2>/dev/null || fail "nbdkit failed"
+    sleep 0.1
+  done
+  fail "nbdkit not ready"
 }
 
 # Fails unless the server is still alive (after a hostile client, say).
