@@ -3,6 +3,7 @@
 # verify-only pass over a new connection, and a bounded random read/write mix.
 . "$(dirname "$0")/lib.sh"
 
+cd "$T"   # fio leaves verify state files in the working directory
 truncate -s 64M "$T/d.img"
 serve_start --disk d="$T/d.img" --listen unix:"$T/s"
 uri="nbd+unix:///d?socket=$T/s"
