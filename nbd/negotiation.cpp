@@ -130,7 +130,9 @@ uint16_t Negotiator::transmission_flags(const ExportInfo& e) const {
 }
 
 bool Negotiator::hidden_without_tls(const ExportInfo& e) const {
-  return e.tls_only && !tls_active_ && config_.tls != TlsMode::off;
+  // Also with TLS off: a TLS-only export is then unreachable, never served in
+  // plaintext.
+  return e.tls_only && !tls_active_;
 }
 
 Negotiator::Step Negotiator::on_option(uint32_t option, std::span<const uint8_t> payload) {
@@ -255,7 +257,12 @@ Negotiator::Step Negotiator::info_or_go(uint32_t option, std::span<const uint8_t
 
   std::optional<ExportInfo> e = catalog_.find(*name);
   if (!e) return error(option, kRepErrUnknown, "no export by that name");
-  if (hidden_without_tls(*e)) return error(option, kRepErrTlsReqd, "export requires TLS");
+  if (hidden_without_tls(*e)) {
+    // NOTLS mode must never answer TLS_REQD (proto.md, "NOTLS mode").
+    if (config_.tls == TlsMode::off)
+      return error(option, kRepErrPolicy, "export requires TLS, which this server does not offer");
+    return error(option, kRepErrTlsReqd, "export requires TLS");
+  }
 
   const uint16_t flags = transmission_flags(*e);
   Bytes out;
