@@ -10,6 +10,22 @@
 //   loop: read header; if header.length > kDropOptionLength: drop();
 //         if header.length > kMaxOptionLength: drain; send(n.on_oversized_option(opt));
 //         else step = n.on_option(opt, payload); send(step.reply); act on step.action.
+//
+// Policy where the spec leaves a choice:
+//  * Error replies carry a one-line message as data.
+//  * A tls_only export is unreachable until TLS is up, whatever the mode: hidden
+//    from LIST, INFO/GO get TLS_REQD (POLICY when TLS is off, which must never
+//    answer TLS_REQD), EXPORT_NAME closes, meta context options get UNKNOWN.
+//  * Shutting down: ERR_SHUTDOWN to everything but ABORT (still ACKed).
+//  * INFO/GO always send EXPORT and BLOCK_SIZE; NAME and DESCRIPTION when asked.
+//  * Advertised flags: export flags | HAS_FLAGS, without DF unless structured
+//    replies, FAST_ZERO unless WRITE_ZEROES, RESIZE and BLOCK_STATUS_PAYLOAD.
+//  * Meta context queries: an exact context name; for LIST also a namespace
+//    prefix ending in ':' ("base:", "qemu:", "qemu:dirty-bitmap:") matching every
+//    context in it, and no query at all listing everything. SET takes exact
+//    names only; anything unmatched is ignored. LIST replies carry id 0; SET
+//    ids are non-zero and never reused on one connection.
+//  * Oversized options: TOO_BIG for known options, UNSUP for unknown ones.
 #pragma once
 
 #include "nbd/export_info.hpp"
