@@ -59,6 +59,12 @@ Verdict validate(const Request& r, const Session& s) {
   if (r.type == kCmdWrite && r.length > kMaxPayload)
     return {kEINVAL, true, "write payload larger than 32 MiB"};
 
+  // Before the flag checks: a read-only export refuses every write with EPERM
+  // even when the client also used a flag or command it was not offered
+  // (FUA, TRIM and WRITE_ZEROES are not advertised on read-only exports).
+  const bool writes = r.type == kCmdWrite || r.type == kCmdTrim || r.type == kCmdWriteZeroes;
+  if (writes && (tflags & kFlagReadOnly)) return fail(kEPERM, "export is read-only");
+
   if (r.flags & ~flags_valid_for(r.type)) return fail(kEINVAL, "flag not valid for this command");
   if ((r.flags & kCmdFlagFua) && !(tflags & kFlagSendFua))
     return fail(kEINVAL, "FUA flag used but not advertised");
@@ -69,8 +75,9 @@ Verdict validate(const Request& r, const Session& s) {
 
   switch (r.type) {
     case kCmdFlush:
-      if (!(tflags & kFlagSendFlush)) return fail(kEINVAL, "FLUSH not advertised");
-      return {};  // offset and length are reserved; nothing else to check
+      // Served even when not advertised: a flush is always safe, and clients
+      // send it anyway. Offset and length are reserved; nothing else to check.
+      return {};
     case kCmdTrim:
       if (!(tflags & kFlagSendTrim)) return fail(kEINVAL, "TRIM not advertised");
       break;
@@ -83,11 +90,8 @@ Verdict validate(const Request& r, const Session& s) {
       if (r.length == 0) return fail(kEINVAL, "zero-length BLOCK_STATUS");
       break;
     default:
-      break;  // CACHE is accepted unadvertised: known clients send it anyway, and it is a hint
+      break;  // CACHE is served unadvertised: known clients send it anyway, and it is a hint
   }
-
-  const bool writes = r.type == kCmdWrite || r.type == kCmdTrim || r.type == kCmdWriteZeroes;
-  if (writes && (tflags & kFlagReadOnly)) return fail(kEPERM, "export is read-only");
 
   if (r.offset > e.size || r.length > e.size - r.offset) {
     if (r.type == kCmdWrite || r.type == kCmdWriteZeroes)

@@ -33,14 +33,15 @@ struct Verdict {
 
 // Checks command, flags, range, alignment, read-only and negotiated state,
 // returning the spec's error value. In order: unknown command (EINVAL); WRITE
-// over kMaxPayload (disconnect); flags not valid for the command or not
-// advertised (EINVAL); FLUSH/TRIM/WRITE_ZEROES not advertised, BLOCK_STATUS
-// without structured replies, contexts or length (EINVAL); writes on a
-// read-only export (EPERM); past the end (WRITE/WRITE_ZEROES ENOSPC, others
-// EINVAL); misaligned to min_block (EINVAL); READ/WRITE/CACHE over max_block
-// (EINVAL, or EOVERFLOW for a DF read). CACHE is served even when not
-// advertised (clients send it anyway); TRIM, WRITE_ZEROES and BLOCK_STATUS may
-// exceed max_block. Every error verdict has a message. If disconnect is false and payload_length()
+// over kMaxPayload (disconnect); WRITE/TRIM/WRITE_ZEROES on a read-only export
+// (EPERM, whatever the flags); flags not valid for the command or not
+// advertised (EINVAL); TRIM/WRITE_ZEROES not advertised, BLOCK_STATUS without
+// structured replies, contexts or length (EINVAL); past the end
+// (WRITE/WRITE_ZEROES ENOSPC, others EINVAL); misaligned to min_block
+// (EINVAL); READ/WRITE/CACHE over max_block (EINVAL, or EOVERFLOW for a DF
+// read). FLUSH and CACHE are served even when not advertised (always safe;
+// clients send them anyway); TRIM, WRITE_ZEROES and BLOCK_STATUS may exceed
+// max_block. Every error verdict has a message. If disconnect is false and payload_length()
 // is non-zero, the caller must still read (and discard) the payload.
 Verdict validate(const Request& r, const Session& s);
 

@@ -164,10 +164,10 @@ TEST_CASE("flags whose transmission flag was not advertised are EINVAL") {
   CHECK(verdict(req(kCmdRead, 0, 4096, kCmdFlagDf), s) == kEINVAL);
 }
 
-TEST_CASE("commands whose transmission flag was not advertised are EINVAL") {
+TEST_CASE("TRIM and WRITE_ZEROES not advertised are EINVAL; FLUSH is always safe") {
   Session s = writable_session();
   s.transmission_flags &= ~(kFlagSendFlush | kFlagSendTrim | kFlagSendWriteZeroes);
-  CHECK(verdict(req(kCmdFlush, 0, 0), s) == kEINVAL);
+  CHECK(verdict(req(kCmdFlush, 0, 0), s) == kOk);
   CHECK(verdict(req(kCmdTrim), s) == kEINVAL);
   CHECK(verdict(req(kCmdWriteZeroes), s) == kEINVAL);
   CHECK(verdict(req(kCmdRead), s) == kOk);
@@ -191,6 +191,20 @@ TEST_CASE("read-only export: WRITE, TRIM, WRITE_ZEROES are EPERM; reads are fine
   CHECK(verdict(req(kCmdCache), s) == kOk);
   CHECK(verdict(req(kCmdBlockStatus), s) == kOk);
   CHECK(verdict(req(kCmdFlush, 0, 0), s) == kOk);
+}
+
+TEST_CASE("read-only export as advertised: writes are EPERM even with unoffered flags/commands") {
+  Session s = writable_session();
+  s.transmission_flags = kFlagHasFlags | kFlagReadOnly | kFlagSendCache | kFlagCanMultiConn;
+  CHECK(verdict(req(kCmdWrite), s) == kEPERM);
+  CHECK(verdict(req(kCmdWrite, 0, 512, kCmdFlagFua), s) == kEPERM);
+  CHECK(verdict(req(kCmdTrim), s) == kEPERM);
+  CHECK(verdict(req(kCmdWriteZeroes, 0, 65536), s) == kEPERM);
+  CHECK(verdict(req(kCmdWriteZeroes, 0, 65536, kCmdFlagFastZero | kCmdFlagNoHole), s) == kEPERM);
+  CHECK(verdict(req(kCmdWrite, kSize, 4096), s) == kEPERM);  // even past the end
+  CHECK(verdict(req(kCmdRead, 0, 512, kCmdFlagFua), s) == kEINVAL);
+  CHECK(verdict(req(kCmdFlush, 0, 0), s) == kOk);
+  CHECK(verdict(req(kCmdRead), s) == kOk);
 }
 
 TEST_CASE("past the end: READ/TRIM/CACHE/BLOCK_STATUS EINVAL, WRITE/WRITE_ZEROES ENOSPC") {
