@@ -30,6 +30,7 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+cd "$T"   # whatever a tool leaves in its working directory goes away too
 
 log() { echo "[$(basename "$0" .sh)] $*" >&2; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -99,6 +100,8 @@ serve_start() {
     return
   fi
   [[ -x $FLEECE ]] || fail "fleece binary not found at $FLEECE"
+  # Keep the QMP socket (default ./fleece.qmp) inside the scratch dir.
+  [[ " $* " == *" --qmp "* ]] || set -- "$@" --qmp unix:"$T/fleece.qmp"
   # exec: the pid we get is the one of `timeout`; the server is its child.
   timeout 120 "$FLEECE" serve "$@" >"$T/server.out" 2>>"$SERVER_LOG" &
   local tpid=$!
