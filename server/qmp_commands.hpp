@@ -1,0 +1,39 @@
+// The QMP commands fleece offers, bound to the server's tables.
+//
+//   auto table = make_qmp_command_table({&server.disks(), &server.registry(),
+//                                        [&server] { server.stop(); }});
+//
+// One group per file, each adding its commands from its register function:
+//   qmp_commands_block.cpp  blockdev-add, blockdev-del, query-block
+//   qmp_commands_nbd.cpp    nbd-server-add, nbd-server-remove,
+//                           query-nbd-exports, query-stats
+//   qmp_commands_misc.cpp   quit, query-version, query-commands
+// A new group adds its function here and a call in make_qmp_command_table.
+//
+// The handlers run on the QMP strand; the tables they touch are thread-safe
+// on their own, so NBD connections on other threads go on meanwhile.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+namespace fleece::server {
+
+class DiskTable;
+class ExportRegistry;
+class QmpCommandTable;
+
+struct QmpServices {
+  DiskTable* disks = nullptr;
+  ExportRegistry* registry = nullptr;
+  std::function<void()> shutdown;  // quit: begin a clean shutdown (after the reply is sent)
+};
+
+std::shared_ptr<QmpCommandTable> make_qmp_command_table(QmpServices services);
+
+void register_block_commands(QmpCommandTable& table, const QmpServices& services);
+void register_nbd_commands(QmpCommandTable& table, const QmpServices& services);
+// `table` is also what query-commands lists, so this group is added last.
+void register_misc_commands(QmpCommandTable& table, const QmpServices& services);
+
+}  // namespace fleece::server
