@@ -1,0 +1,67 @@
+# Start and stop the servers being compared, each on a Unix socket with one
+# export named "d". Sourced by run.sh; sets SRV_PID.
+
+# start_server NAME IMAGE SOCKET
+start_server() {
+  local name=$1 img=$2 sock=$3
+  rm -f "$sock"
+  case $name in
+    fleece)
+      "$FLEECE" serve --disk d="$img",cache=writeback --listen unix:"$sock" \
+        --qmp unix:"$WORK/fleece.qmp" --log-level warn >"$WORK/fleece.out" 2>"$WORK/fleece.err" &
+      SRV_PID=$!
+      wait_for 'grep -qx "fleece: ready" "$WORK/fleece.out"' "fleece" ;;
+    qemu-nbd)
+      # io_uring when the kernel allows it, else qemu-nbd's thread pool.
+      qemu-nbd -f raw -t -k "$sock" --cache=writeback $QEMU_AIO -e 16 -x d "$img" \
+        2>"$WORK/qemu-nbd.err" &
+      SRV_PID=$!
+      wait_for '[[ -S $sock ]]' "qemu-nbd" ;;
+    nbdkit)
+      nbdkit -f -U "$sock" -e d file "$img" 2>"$WORK/nbdkit.err" &
+      SRV_PID=$!
+      wait_for '[[ -S $sock ]]' "nbdkit" ;;
+  esac
+}
+
+stop_server() {
+  kill -TERM "$SRV_PID" 2>/dev/null || true
+  wait "$SRV_PID" 2>/dev/null || true
+  SRV_PID=
+}
+
+# wait_for CONDITION WHAT: poll up to 30 s while the server lives.
+wait_for() {
+  local i
+  for ((i = 0; i < 300; i++)); do
+    eval "$1" && return 0
+    kill -0 "$SRV_PID" 2>/dev/null || { echo "$2 exited during start-up" >&2; cat "$WORK"/*.err >&2; return 1; }
+    sleep 0.1
+  done
+  echo "$2 not ready within 30 s" >&2
+  return 1
+}
+
+# CPU seconds (user+system, all threads) the process has used so far.
+cpu_seconds() {
+  awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat"
+}
+
+# Peak resident set size in KiB.
+peak_rss_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+# Picks qemu-nbd's --aio: io_uring if a trial start survives.
+probe_qemu_aio() {
+  local img=$WORK/probe.img sock=$WORK/probe.sock
+  truncate -s 1M "$img"
+  qemu-nbd -f raw -t -k "$sock" --aio=io_uring "$img" 2>/dev/null &
+  local pid=$! ok=
+  for ((i = 0; i < 30; i++)); do
+    [[ -S $sock ]] && nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1 && { ok=1; break; }
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+  done
+  kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
+  rm -f "$img" "$sock"
+  if [[ -n $ok ]]; then QEMU_AIO=--aio=io_uring; else QEMU_AIO=--aio=threads; fi
+}
