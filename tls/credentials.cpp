@@ -40,6 +40,17 @@ int identity_index() {
   return index;
 }
 
+int unknown_identity_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, free_identity);
+  return index;
+}
+
+// Kept for the log line when the handshake then fails.
+void remember_unknown(SSL* ssl, std::string_view identity) {
+  delete static_cast<std::string*>(SSL_get_ex_data(ssl, unknown_identity_index()));
+  SSL_set_ex_data(ssl, unknown_identity_index(), new std::string(identity));
+}
+
 void remember_identity(SSL* ssl, std::string identity) {
   delete static_cast<std::string*>(SSL_get_ex_data(ssl, identity_index()));
   SSL_set_ex_data(ssl, identity_index(), new std::string(std::move(identity)));
@@ -52,7 +63,7 @@ int find_psk_session(SSL* ssl, const unsigned char* id, size_t id_len, SSL_SESSI
   std::string_view identity(reinterpret_cast<const char*>(id), id_len);
   const std::vector<uint8_t>* key = creds && creds->psk() ? creds->psk()->find(identity) : nullptr;
   if (!key) {
-    FLEECE_LOG_DEBUG("tls", "unknown PSK identity '{}'", identity);
+    remember_unknown(ssl, identity);
     return 1;  // no session: the handshake goes on without PSK (and fails if nothing else fits)
   }
   static constexpr unsigned char kAes128GcmSha256[] = {0x13, 0x01};
@@ -74,7 +85,7 @@ unsigned int psk_server(SSL* ssl, const char* identity, unsigned char* psk, unsi
   const Credentials* creds = Credentials::of(ssl);
   const std::vector<uint8_t>* key = creds && creds->psk() && identity ? creds->psk()->find(identity) : nullptr;
   if (!key || key->size() > max_len) {
-    FLEECE_LOG_DEBUG("tls", "unknown PSK identity '{}'", identity ? identity : "");
+    remember_unknown(ssl, identity ? identity : "");
     return 0;
   }
   std::copy(key->begin(), key->end(), psk);
@@ -134,6 +145,9 @@ void Credentials::configure_protocol() {
                                SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // Required by OpenSSL once client verification meets a PSK "session".
+  static constexpr unsigned char kSessionContext[] = "fleece";
+  SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof kSessionContext - 1);
   if (SSL_CTX_set_cipher_list(ctx, kCipherList) != 1 || SSL_CTX_set_ciphersuites(ctx, kSuites) != 1) {
     throw ConfigError(fmt::format("TLS: setting cipher suites failed: {}", ossl::take_error()));
   }
@@ -156,6 +170,10 @@ const Credentials* Credentials::of(const SSL* ssl) {
 
 const std::string* Credentials::psk_identity(const SSL* ssl) {
   return static_cast<const std::string*>(SSL_get_ex_data(ssl, identity_index()));
+}
+
+const std::string* Credentials::unknown_psk_identity(const SSL* ssl) {
+  return static_cast<const std::string*>(SSL_get_ex_data(ssl, unknown_identity_index()));
 }
 
 }  // namespace fleece::tls

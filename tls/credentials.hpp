@@ -38,6 +38,8 @@ class Credentials {
   static const Credentials* of(const SSL* ssl);
   // The PSK identity the client used in this connection's handshake, or nullptr.
   static const std::string* psk_identity(const SSL* ssl);
+  // A PSK identity the client offered that has no key, or nullptr.
+  static const std::string* unknown_psk_identity(const SSL* ssl);
 
  private:
   void configure_protocol();

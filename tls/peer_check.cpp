@@ -50,6 +50,9 @@ std::string describe_handshake_failure(const SSL* ssl, const boost::system::erro
   if (ssl) {
     long verify = SSL_get_verify_result(ssl);
     if (verify != X509_V_OK) text += fmt::format(" ({})", X509_verify_cert_error_string(verify));
+    if (const std::string* unknown = Credentials::unknown_psk_identity(ssl)) {
+      text += fmt::format(" (PSK identity '{}' is not in --tls-psk)", *unknown);
+    }
   }
   ERR_clear_error();
   return text;
