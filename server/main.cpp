@@ -1,2 +1,81 @@
-// Placeholder until the server lands.
-int main() { return 0; }
+// The `fleece` command: dispatches to `serve` (here) and `ctl` (server/ctl.hpp).
+#include "server/notify.hpp"
+#include "server/options.hpp"
+#include "server/server.hpp"
+#include "util/log.hpp"
+
+#if __has_include("server/ctl.hpp")
+#include "server/ctl.hpp"
+#define FLEECE_HAVE_CTL 1
+#endif
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace {
+
+void usage(std::FILE* out) {
+  std::fputs("usage: fleece serve [OPTIONS]   run the NBD server (fleece serve --help)\n"
+             "       fleece ctl [--qmp PATH] COMMAND [key=value ...]\n",
+             out);
+}
+
+int run_serve(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (const auto& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::fputs(fleece::server::serve_usage().c_str(), stdout);
+      return 0;
+    }
+  }
+  try {
+    // Socket activation replaces the default listen address.
+    bool activated = std::getenv("LISTEN_FDS") != nullptr;
+    auto options = fleece::server::parse_serve_options(args, !activated);
+    fleece::log::set_level(options.log_level);
+    fleece::server::Server server(std::move(options));
+    return server.run([] {
+      std::fputs("fleece: ready\n", stdout);
+      std::fflush(stdout);
+      fleece::server::sd_notify("READY=1");
+    });
+  } catch (const fleece::server::StartupError& e) {
+    std::fprintf(stderr, "fleece: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fleece: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGPIPE, SIG_IGN);
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  std::string command = argv[1];
+  if (command == "serve") return run_serve(argc - 2, argv + 2);
+  if (command == "ctl") {
+#ifdef FLEECE_HAVE_CTL
+    return fleece::server::run_ctl(argc - 1, argv + 1);  // argv[0] is "ctl"
+#else
+    std::fputs("fleece: ctl is not built in\n", stderr);
+    return 2;
+#endif
+  }
+  if (command == "--help" || command == "-h" || command == "help") {
+    usage(stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "fleece: unknown command '%s'\n", command.c_str());
+  usage(stderr);
+  return 2;
+}

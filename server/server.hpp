@@ -63,8 +63,10 @@ class Server {
   void stop();
   // Blocks until the shutdown finished and every thread is joined.
   void wait();
-  // start(), stop on SIGINT/SIGTERM, wait(). Returns the process exit code.
-  int run();
+  // start(), stop on SIGINT/SIGTERM (a second signal closes every
+  // connection at once), wait(). on_started runs after start(), before
+  // waiting: the place to announce readiness. Returns the exit code.
+  int run(std::function<void()> on_started = {});
   bool stopping() const;
 
   ExportRegistry& registry();
