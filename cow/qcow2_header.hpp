@@ -1,0 +1,83 @@
+// Qcow2Header: the qcow2 header and its extensions, parsed and validated.
+//
+// parse_qcow2_header() treats the file as hostile: every field is checked
+// against the spec and against the file size before anything trusts it, and
+// a refusal says which field or feature was wrong (in *why). It reads only
+// the bytes it is given (the first cluster, or what exists of it).
+//
+// Errors: fleece::Errc::corrupt_image for malformed headers,
+// fleece::Errc::unsupported_feature for valid images using a feature fleece
+// does not implement (encryption, external data file, non-zlib compression
+// type, extended L2 entries, unknown incompatible bits, a corrupt-marked
+// image).
+//
+// encode_qcow2_header() writes a header made by fleece: version 3 header,
+// backing-format extension, end marker, backing file name, into a zeroed
+// first cluster. It sets h.backing_file_offset/size to where the name went.
+#pragma once
+
+#include "util/result.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace fleece::cow {
+
+struct Qcow2FeatureName {
+  uint8_t type = 0;  // 0 incompatible, 1 compatible, 2 autoclear
+  uint8_t bit = 0;
+  std::string name;
+};
+
+struct Qcow2Header {
+  uint32_t version = 3;
+  uint64_t backing_file_offset = 0;
+  uint32_t backing_file_size = 0;
+  uint32_t cluster_bits = 16;
+  uint64_t size = 0;  // virtual size in bytes
+  uint32_t crypt_method = 0;
+  uint32_t l1_size = 0;  // entries
+  uint64_t l1_table_offset = 0;
+  uint64_t refcount_table_offset = 0;
+  uint32_t refcount_table_clusters = 0;
+  uint32_t nb_snapshots = 0;
+  uint64_t snapshots_offset = 0;
+  uint64_t incompatible_features = 0;
+  uint64_t compatible_features = 0;
+  uint64_t autoclear_features = 0;
+  uint32_t refcount_order = 4;
+  uint32_t header_length = 112;
+  uint8_t compression_type = 0;
+
+  // From the header extensions and the backing file name area.
+  std::string backing_file;
+  std::string backing_format;
+  std::vector<Qcow2FeatureName> feature_names;
+  bool has_bitmaps_extension = false;
+
+  uint64_t cluster_size() const { return uint64_t{1} << cluster_bits; }
+  uint64_t l2_entries() const { return cluster_size() / 8; }
+  // Guest clusters the virtual size spans, and the L1 entries that needs.
+  uint64_t guest_clusters() const { return (size + cluster_size() - 1) >> cluster_bits; }
+  uint64_t min_l1_size() const { return (guest_clusters() + l2_entries() - 1) / l2_entries(); }
+  bool dirty() const;
+};
+
+// `data` is the start of the file (ideally the whole first cluster; parsing
+// fails with a clear error if a field points beyond what was given).
+Result<Qcow2Header> parse_qcow2_header(std::span<const std::byte> data, uint64_t file_size,
+                                       std::string* why);
+
+// Fills `cluster0` (cluster_size bytes) with the header, extensions and
+// backing file name. Fails with std::errc::invalid_argument when they do not
+// fit in one cluster.
+std::error_code encode_qcow2_header(Qcow2Header& h, std::span<std::byte> cluster0);
+
+// Rewrites only the fixed fields fleece changes after creation (refcount
+// table location, feature bits) in an encoded header.
+void update_qcow2_header_fields(const Qcow2Header& h, std::span<std::byte> cluster0);
+
+}  // namespace fleece::cow

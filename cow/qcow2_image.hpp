@@ -1,0 +1,183 @@
+// Qcow2Image: a qcow2 (v2 or v3) image as a block::Device, over a file that
+// is itself a block::Device (a raw file, or memory in tests).
+//
+// Made first for fleecing stores (a throwaway qcow2 backed by the live disk)
+// and usable for ordinary qcow2 disks.
+//
+//   auto img = co_await Qcow2Image::create(file, {.virtual_size = n,
+//                                                 .backing_file = "disk.raw",
+//                                                 .backing_format = "raw"});
+//   img.value()->set_backing(live_disk);   // what unallocated clusters read
+//
+// Cluster API (for the copy-before-write filter; guest cluster g covers
+// bytes [g * cluster_size(), (g + 1) * cluster_size())):
+//   map_cluster(g)      unallocated (reads fall through to the backing) /
+//                       zero / data at a host offset. depth 1 = this image.
+//   write_cluster(g, d) stores a whole cluster: a fresh data cluster is
+//                       allocated and written, then the L2 entry points at
+//                       it (an existing private data cluster is overwritten
+//                       in place).
+//   zero_cluster(g)     makes g a zero cluster; any data cluster it had is
+//                       freed at the next flush().
+//   discard_cluster(g)  the same, then flushes, so the data cluster is free
+//                       (refcount 0, reused by the next allocation) on return.
+//   data_bytes_in_use() bytes of host clusters referenced by L2 entries.
+// Guest-cluster operations on the same cluster are serialised by an internal
+// range lock; reads hold it shared, so a cluster is never freed or reused
+// under a read.
+//
+// Device semantics: read() returns data clusters from the file, zeroes for
+// zero clusters, and the backing Device (or zeroes without one, or past its
+// end) for unallocated ones. write() of part of a cluster reads the rest
+// (copy-on-write through the backing). write_zeroes() and trim() turn whole
+// clusters into zero clusters (never unallocated: a discarded cluster must
+// not fall through to newer backing data) and write zeroes into partial
+// ones; trim() ignores partial clusters. flush() writes back metadata and
+// flushes the file; WriteFlags::fua flushes before completing.
+//
+// Crash safety (lazy_refcounts off, refcounts exact on disk after flush):
+// metadata is cached and written back by flush() in dependency order with a
+// file flush between stages: refcount blocks; refcount table; header; L2
+// tables; L1 table. So a data cluster is written before the L2 entry that
+// points at it reaches the file, a refcount is on disk before any
+// reference, and a freed cluster's refcount is decremented (and the cluster
+// reused) only after the L2 change that dropped it is on disk. A crash can
+// leak clusters, never corrupt.
+//
+// Not supported (refused with fleece::Errc::unsupported_feature and a
+// message): encryption, external data files, extended L2, zstd; writes to
+// images with internal snapshots, dirty (lazy-refcount) images, or
+// compressed clusters; reads of compressed clusters.
+#pragma once
+
+#include "block/device.hpp"
+#include "cow/qcow2_header.hpp"
+#include "cow/qcow2_meta_table.hpp"
+#include "cow/qcow2_range_lock.hpp"
+#include "cow/qcow2_refcounts.hpp"
+#include "util/result.hpp"
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace fleece::cow {
+
+struct Qcow2CreateOptions {
+  uint64_t virtual_size = 0;
+  uint32_t cluster_size = 64 * 1024;  // power of two, 512 B .. 2 MiB
+  std::string backing_file;           // empty: no backing file
+  std::string backing_format;         // "raw", "qcow2"; empty: not recorded
+};
+
+struct Qcow2OpenOptions {
+  bool read_only = false;
+};
+
+enum class Qcow2ClusterKind { unallocated, zero, data };
+
+struct Qcow2ClusterMapping {
+  Qcow2ClusterKind kind = Qcow2ClusterKind::unallocated;
+  uint64_t host_offset = 0;  // data clusters only
+};
+
+class Qcow2Image final : public block::Device {
+ public:
+  // Formats `file` (everything in it is overwritten) and opens the result.
+  static block::Task<Result<std::shared_ptr<Qcow2Image>>> create(
+      std::shared_ptr<block::Device> file, Qcow2CreateOptions options);
+  // Opens an existing image. On failure *why (if given) says what is wrong.
+  static block::Task<Result<std::shared_ptr<Qcow2Image>>> open(
+      std::shared_ptr<block::Device> file, Qcow2OpenOptions options = {},
+      std::string* why = nullptr);
+
+  ~Qcow2Image() override;
+
+  // The Device unallocated clusters read from (nullptr: zeroes). May be
+  // changed at any time; reads in flight keep the one they started with.
+  void set_backing(std::shared_ptr<block::Device> backing);
+  std::shared_ptr<block::Device> backing() const;
+
+  const std::string& backing_file() const { return header_.backing_file; }
+  const std::string& backing_format() const { return header_.backing_format; }
+  uint32_t cluster_size() const { return uint32_t(header_.cluster_size()); }
+  uint32_t version() const { return header_.version; }
+  bool dirty() const { return header_.dirty(); }
+  uint64_t guest_clusters() const { return header_.guest_clusters(); }
+
+  // --- cluster API -------------------------------------------------------
+  block::Task<Result<Qcow2ClusterMapping>> map_cluster(uint64_t guest_cluster);
+  // data.size() == cluster_size(); for the last, partial cluster of the
+  // virtual size, bytes past the end are stored but never read.
+  block::Task<std::error_code> write_cluster(uint64_t guest_cluster,
+                                             std::span<const std::byte> data,
+                                             block::WriteFlags flags = {});
+  block::Task<std::error_code> zero_cluster(uint64_t guest_cluster);
+  block::Task<std::error_code> discard_cluster(uint64_t guest_cluster);
+  uint64_t data_bytes_in_use() const;
+  // Host clusters with a non-zero refcount, times the cluster size.
+  uint64_t file_bytes_in_use() const;
+
+  // --- block::Device ------------------------------------------------------
+  uint64_t size() const override { return header_.size; }
+  block::Capabilities capabilities() const override;
+  block::Task<std::error_code> read(uint64_t offset, std::span<std::byte> out) override;
+  block::Task<std::error_code> write(uint64_t offset, std::span<const std::byte> data,
+                                     block::WriteFlags flags) override;
+  block::Task<std::error_code> write_zeroes(uint64_t offset, uint64_t length,
+                                            block::ZeroFlags flags) override;
+  block::Task<std::error_code> trim(uint64_t offset, uint64_t length,
+                                    block::WriteFlags flags) override;
+  block::Task<std::error_code> flush() override;
+  block::Task<std::error_code> block_status(uint64_t offset, uint64_t length,
+                                            std::vector<block::Extent>& out) override;
+
+ private:
+  struct Entry;  // a decoded L2 entry
+  Qcow2Image(std::shared_ptr<block::Device> file, Qcow2Header header);
+
+  block::Task<std::error_code> load_metadata(std::string* why);
+  // Loads the L2 table for l1_index into the cache if the L1 entry points at
+  // one. Never evicted, so the pointer stays valid.
+  block::Task<Result<Qcow2MetaTable*>> l2_table(uint64_t l1_index);
+  block::Task<Result<Entry>> lookup(uint64_t guest_cluster);
+  Result<Entry> decode_locked(uint64_t raw) const;
+  // Under mu_: the L2 table for l1_index, allocating a new one if needed.
+  Result<Qcow2MetaTable*> l2_for_update_locked(uint64_t l1_index);
+  std::error_code writable_check() const;
+
+  block::Task<std::error_code> write_cluster_locked(uint64_t g, std::span<const std::byte> data);
+  block::Task<std::error_code> zero_cluster_locked(uint64_t g);
+  block::Task<std::error_code> write_partial_locked(uint64_t g, uint64_t in_cluster,
+                                                    std::span<const std::byte> data);
+  block::Task<std::error_code> read_backing(std::shared_ptr<block::Device> backing,
+                                            uint64_t offset, std::span<std::byte> out);
+  block::Task<std::error_code> read_host(uint64_t host, std::span<std::byte> out);
+  block::Task<std::error_code> flush_metadata();
+  void mark_all_dirty_locked();
+
+  std::shared_ptr<block::Device> file_;
+  Qcow2Header header_;  // immutable after open except the fields below
+  std::size_t io_align_ = 1;
+  bool writable_ = true;
+  std::string read_only_reason_;
+
+  mutable std::mutex mu_;  // guards everything below; never held across co_await
+  std::shared_ptr<block::Device> backing_;
+  Qcow2Bytes header_cluster_;
+  bool header_dirty_ = false;
+  std::unique_ptr<Qcow2MetaTable> l1_;
+  std::unordered_map<uint64_t, std::unique_ptr<Qcow2MetaTable>> l2_;
+  std::optional<Qcow2Refcounts> refcounts_;
+  std::vector<uint64_t> free_after_flush_;  // host clusters dropped from L2
+  uint64_t data_clusters_ = 0;
+  uint64_t file_size_ = 0;  // the file's size at open, for bounds checks
+
+  Qcow2RangeLock clusters_;     // guest clusters
+  Qcow2RangeLock flush_mutex_;  // one metadata write-back at a time
+};
+
+}  // namespace fleece::cow
