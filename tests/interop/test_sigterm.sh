@@ -15,6 +15,7 @@ for _ in range(2):
 pending = {}   # (handle index, cookie) -> (offset, data)
 acked = {}
 failed = 0
+reasons = {}
 off = 0
 sent_term = False
 deadline = time.monotonic() + 60
@@ -34,8 +35,9 @@ while time.monotonic() < deadline:
                 if h.aio_command_completed(ck):
                     o, d = pending.pop((j, ck))
                     acked[str(o)] = d.hex()
-            except nbd.Error:
+            except nbd.Error as e:
                 failed += 1       # e.g. ESHUTDOWN, or the connection closed
+                reasons[e.string] = reasons.get(e.string, 0) + 1
                 pending.pop((j, ck))
     if not sent_term and len(acked) >= 200:
         os.kill(pid, signal.SIGTERM)
@@ -47,7 +49,7 @@ while time.monotonic() < deadline:
         failed += len(pending)
         break
 assert sent_term, "never got 200 writes acknowledged"
-print(f"{len(acked)} writes acknowledged, {failed} not")
+print(f"{len(acked)} writes acknowledged, {failed} not: {reasons}")
 json.dump(acked, open(out, "w"))
 PYEOF
 
