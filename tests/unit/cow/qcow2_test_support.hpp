@@ -6,6 +6,9 @@
 #include "cow/qcow2_image.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -39,6 +42,7 @@ class GrowingFile final : public block::Device {
     return c;
   }
   block::Task<std::error_code> read(uint64_t offset, std::span<std::byte> out) override {
+    co_await maybe_yield();
     std::lock_guard g(mu_);
     if (fail_reads) co_return std::make_error_code(std::errc::io_error);
     if (offset > bytes_.size() || out.size() > bytes_.size() - offset)
@@ -48,6 +52,7 @@ class GrowingFile final : public block::Device {
   }
   block::Task<std::error_code> write(uint64_t offset, std::span<const std::byte> data,
                                      block::WriteFlags) override {
+    co_await maybe_yield();
     std::lock_guard g(mu_);
     if (fail_writes) co_return std::make_error_code(std::errc::io_error);
     if (offset + data.size() > bytes_.size()) bytes_.resize(offset + data.size());
@@ -81,12 +86,19 @@ class GrowingFile final : public block::Device {
 
   uint32_t min_block = 1;
   bool read_only = false;
+  bool yield_each_op = false;  // suspend in every read/write, as real I/O does
   bool fail_reads = false;
   bool fail_writes = false;
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> flushes{0};
 
  private:
+  boost::asio::awaitable<void> maybe_yield() {
+    if (yield_each_op)
+      co_await boost::asio::post(co_await boost::asio::this_coro::executor,
+                                 boost::asio::use_awaitable);
+  }
+
   mutable std::mutex mu_;
   std::vector<std::byte> bytes_;
 };
