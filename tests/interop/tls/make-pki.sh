@@ -10,6 +10,7 @@
 # OUT/client-other    same CA, DN CN=intruder,O=Example,C=GB (authz deny)
 # OUT/client-noca     a client trusting only ca-cert.pem of its own (no client cert)
 # OUT/client-rogue    client cert from an unknown CA (CN=backup1,... too)
+# OUT/client-expired  client cert from the CA, valid 2001-2002
 # OUT/server-rogue    server creds signed by the unknown CA (untrusted by clients)
 # OUT/server-expired  server cert valid 2001-2002
 # OUT/server-future   server cert valid from 2090
@@ -46,6 +47,7 @@ cert ca srv-future "${SERVER}activation_date = \"2090-01-01 00:00:00\"\nexpirati
 cert ca cli "${CLIENT}cn = backup1\nexpiration_days = 3650\n"
 cert ca cli-other "${CLIENT}cn = intruder\nexpiration_days = 3650\n"
 cert rogue cli-rogue "${CLIENT}cn = backup1\nexpiration_days = 3650\n"
+cert ca cli-expired "${CLIENT}cn = backup1\nactivation_date = \"2001-01-01 00:00:00\"\nexpiration_date = \"2002-01-01 00:00:00\"\n"
 key other-key.pem
 
 server_dir() {  # server_dir DIR CA PREFIX
@@ -71,6 +73,7 @@ cp other-key.pem server-mismatch/server-key.pem
 client_dir client ca cli
 client_dir client-other ca cli-other
 client_dir client-rogue ca cli-rogue
+client_dir client-expired ca cli-expired
 client_dir client-noca ca
 
 psktool -u alice -p keys.psk >/dev/null
