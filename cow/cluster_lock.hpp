@@ -1,0 +1,90 @@
+// ClusterLockTable: asynchronous shared/exclusive locks, one per cluster
+// number, for coroutines on any number of io_contexts and threads.
+//
+// Contract
+//  * lock_shared(c) / lock_exclusive(c) complete when the caller owns the
+//    lock; the returned Guard releases it when destroyed (or by release()).
+//  * Fair: waiters are granted in arrival order (a run of shared waiters at
+//    the head is granted together), so a stream of readers cannot starve the
+//    first overwrite of a cluster, and vice versa.
+//  * An uncontended lock is taken without suspending. A waiter is resumed on
+//    its own executor.
+//  * Entries exist only while a cluster is locked or waited on, so the table
+//    costs nothing for idle clusters.
+//  * Deadlock freedom is the caller's job; copy-before-write keeps it by
+//    holding at most one exclusive lock and never waiting while holding it,
+//    and by taking several shared locks only in ascending cluster order.
+#pragma once
+
+#include "cow/cbw_resumer.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <unordered_map>
+
+namespace fleece::cow {
+
+class ClusterLockTable {
+ public:
+  class Guard {
+   public:
+    Guard() = default;
+    Guard(ClusterLockTable* table, uint64_t cluster, bool exclusive)
+        : table_(table), cluster_(cluster), exclusive_(exclusive) {}
+    Guard(Guard&& o) noexcept
+        : table_(std::exchange(o.table_, nullptr)), cluster_(o.cluster_), exclusive_(o.exclusive_) {}
+    Guard& operator=(Guard&& o) noexcept {
+      if (this != &o) {
+        release();
+        table_ = std::exchange(o.table_, nullptr);
+        cluster_ = o.cluster_;
+        exclusive_ = o.exclusive_;
+      }
+      return *this;
+    }
+    ~Guard() { release(); }
+    void release() {
+      if (table_) std::exchange(table_, nullptr)->unlock(cluster_, exclusive_);
+    }
+    bool owns() const { return table_ != nullptr; }
+    uint64_t cluster() const { return cluster_; }
+
+   private:
+    ClusterLockTable* table_ = nullptr;
+    uint64_t cluster_ = 0;
+    bool exclusive_ = false;
+  };
+
+  boost::asio::awaitable<Guard> lock_shared(uint64_t cluster) { return lock(cluster, false); }
+  boost::asio::awaitable<Guard> lock_exclusive(uint64_t cluster) { return lock(cluster, true); }
+
+  // For tests and assertions: number of clusters with holders or waiters.
+  size_t active_entries() const;
+  // Shared holders of a cluster right now (tests).
+  int shared_holders(uint64_t cluster) const;
+
+ private:
+  struct Waiter {
+    bool exclusive;
+    Resumer resumer;
+  };
+  struct Entry {
+    int shared = 0;
+    bool exclusive = false;
+    std::deque<Waiter> queue;
+  };
+
+  boost::asio::awaitable<Guard> lock(uint64_t cluster, bool exclusive);
+  void unlock(uint64_t cluster, bool exclusive);
+  static bool grantable(const Entry& e, bool exclusive) {
+    return exclusive ? (e.shared == 0 && !e.exclusive) : !e.exclusive;
+  }
+
+  mutable std::mutex mutex_;
+  std::unordered_map<uint64_t, Entry> entries_;
+};
+
+}  // namespace fleece::cow

@@ -1,0 +1,159 @@
+// ClusterLockTable and WriteGate: ownership, fairness, draining.
+#include "cow/cluster_lock.hpp"
+#include "cow/write_gate.hpp"
+#include "tests/unit/cow/cbw_test_support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <string>
+#include <thread>
+
+using namespace fleece;
+using namespace fleece::cbwtest;
+using std::chrono::microseconds;
+
+TEST_CASE("cluster lock: shared holders exclude a writer, which then excludes readers") {
+  cow::ClusterLockTable locks;
+  std::string trace;
+  Latch writer_may_finish;
+  run([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto r1 = co_await locks.lock_shared(7);
+    auto r2 = co_await locks.lock_shared(7);  // shared: no wait
+    CHECK(locks.shared_holders(7) == 2);
+    asio::co_spawn(ex, [&]() -> Task<void> {
+      auto w = co_await locks.lock_exclusive(7);
+      trace += "W";
+      co_await writer_may_finish.wait();
+      trace += "w";
+    }, asio::detached);
+    co_await settle();
+    // A reader arriving after the queued writer waits behind it (fairness).
+    asio::co_spawn(ex, [&]() -> Task<void> {
+      auto r = co_await locks.lock_shared(7);
+      trace += "R";
+    }, asio::detached);
+    co_await settle();
+    CHECK(trace.empty());
+    r1.release();
+    co_await settle();
+    CHECK(trace.empty());  // one reader still holds it
+    r2.release();
+    co_await settle();
+    CHECK(trace == "W");
+    writer_may_finish.open();
+    co_await settle();
+    CHECK(trace == "WwR");
+    // Other clusters are independent.
+    auto a = co_await locks.lock_exclusive(1);
+    auto b = co_await locks.lock_exclusive(2);
+    CHECK(locks.active_entries() == 2);
+  });
+  CHECK(locks.active_entries() == 0);
+}
+
+TEST_CASE("cluster lock: many coroutines on two threads never overlap an exclusive holder") {
+  cow::ClusterLockTable locks;
+  asio::io_context io;
+  std::atomic<int> inside{0}, readers{0};
+  std::atomic<bool> overlap{false};
+  std::atomic<int> done{0};
+  for (int i = 0; i < 64; ++i) {
+    asio::co_spawn(io, [&, i]() -> Task<void> {
+      for (int k = 0; k < 50; ++k) {
+        uint64_t c = (i + k) % 3;
+        if ((i + k) % 4 == 0) {
+          auto g = co_await locks.lock_exclusive(c);
+          if (c == 0 && (inside.fetch_add(1) != 0 || readers.load() != 0)) overlap = true;
+          co_await sleep_for(microseconds(5));
+          if (c == 0) inside.fetch_sub(1);
+        } else {
+          auto g = co_await locks.lock_shared(c);
+          if (c == 0) {
+            readers.fetch_add(1);
+            if (inside.load() != 0) overlap = true;
+          }
+          co_await sleep_for(microseconds(5));
+          if (c == 0) readers.fetch_sub(1);
+        }
+      }
+      ++done;
+    }, asio::detached);
+  }
+  std::thread t([&] { io.run(); });
+  io.run();
+  t.join();
+  CHECK(done == 64);
+  CHECK_FALSE(overlap.load());
+  CHECK(locks.active_entries() == 0);
+}
+
+TEST_CASE("write gate: in-flight writers drain before close completes; new ones wait") {
+  cow::WriteGate gate;
+  std::string trace;
+  Latch release_a, release_b, release_c;
+  run([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto writer = [&](char name, Latch& done) -> Task<void> {
+      auto t = co_await gate.enter();
+      trace += name;
+      co_await done.wait();
+      trace += static_cast<char>(name - 'A' + 'a');
+    };
+    asio::co_spawn(ex, writer('A', release_a), asio::detached);
+    asio::co_spawn(ex, writer('B', release_b), asio::detached);
+    co_await settle();
+    CHECK_MESSAGE(gate.in_flight() == 2, trace);
+    bool closed = false;
+    asio::co_spawn(ex, [&]() -> Task<void> {
+      co_await gate.close();  // completes only once A and B are done
+      trace += "|";
+      closed = true;
+    }, asio::detached);
+    co_await settle();
+    CHECK_FALSE(closed);
+    release_b.open();
+    co_await settle();
+    CHECK_FALSE(closed);
+    release_a.open();
+    co_await settle();
+    CHECK(closed);
+    CHECK(gate.in_flight() == 0);
+    asio::co_spawn(ex, writer('C', release_c), asio::detached);
+    co_await settle();
+    CHECK(gate.waiting() == 1);
+    CHECK(gate.in_flight() == 0);
+    trace += "|";
+    gate.open();
+    co_await settle();
+    CHECK(gate.in_flight() == 1);
+    release_c.open();
+    co_await settle();
+  });
+  CHECK(trace == "ABba||Cc");
+}
+
+TEST_CASE("write gate: two closers; the gate opens only after both open") {
+  cow::WriteGate gate;
+  bool entered = false;
+  run([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    co_await gate.close();
+    co_await gate.close();
+    asio::co_spawn(ex, [&]() -> Task<void> {
+      auto t = co_await gate.enter();
+      entered = true;
+    }, asio::detached);
+    co_await settle();
+    gate.open();
+    co_await settle();
+    CHECK_FALSE(entered);
+    gate.open();
+    co_await settle();
+    CHECK(entered);
+  });
+}
