@@ -22,11 +22,14 @@
 #include "tls/asio_stream.hpp"
 
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/buffer.hpp>
 
 #include <cassert>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <utility>
+#include <vector>
 
 namespace fleece::tls {
 
@@ -36,6 +39,8 @@ class UpgradableStream {
   using executor_type = typename Socket::executor_type;
   using lowest_layer_type = typename Socket::lowest_layer_type;
   using TlsLayer = boost::asio::ssl::stream<Socket&>;
+  static constexpr size_t kCoalesceBelow = 16 * 1024;  // one TLS record's worth
+  static constexpr size_t kStagingSize = 64 * 1024;
 
   explicit UpgradableStream(Socket socket) : socket_(std::move(socket)) {}
   UpgradableStream(UpgradableStream&& other) noexcept : socket_(std::move(other.socket_)) {
@@ -68,12 +73,29 @@ class UpgradableStream {
         token, buffers);
   }
 
+  // Under TLS each write_some sends only the first buffer, so a gathered
+  // write of many small pieces (reply headers) would become one TLS record
+  // per piece. Small leading pieces are therefore copied into one staging
+  // buffer first; a large leading piece (READ data) goes out directly.
   template <class ConstBuffers, class Token>
   auto async_write_some(const ConstBuffers& buffers, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
         [this](auto handler, const ConstBuffers& b) {
-          if (tls_) tls_->async_write_some(b, std::move(handler));
-          else socket_.async_write_some(b, std::move(handler));
+          if (!tls_) {
+            socket_.async_write_some(b, std::move(handler));
+            return;
+          }
+          auto it = boost::asio::buffer_sequence_begin(b);
+          auto end = boost::asio::buffer_sequence_end(b);
+          while (it != end && boost::asio::const_buffer(*it).size() == 0) ++it;
+          if (it == end || boost::asio::const_buffer(*it).size() >= kCoalesceBelow ||
+              std::next(it) == end) {
+            tls_->async_write_some(b, std::move(handler));
+            return;
+          }
+          if (staging_.empty()) staging_.resize(kStagingSize);
+          size_t n = boost::asio::buffer_copy(boost::asio::buffer(staging_), b);
+          tls_->async_write_some(boost::asio::buffer(staging_.data(), n), std::move(handler));
         },
         token, buffers);
   }
@@ -82,6 +104,7 @@ class UpgradableStream {
   Socket socket_;
   std::shared_ptr<const Credentials> credentials_;  // outlives tls_ (declared before it)
   std::optional<TlsLayer> tls_;
+  std::vector<unsigned char> staging_;  // only one write is in flight at a time (Asio's rule)
 };
 
 }  // namespace fleece::tls

@@ -13,6 +13,7 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <vector>
 
 using namespace fleece::tls;
 using namespace fleece::tls::test;
@@ -71,4 +72,49 @@ TEST_CASE("upgradable stream: plain phase, STARTTLS, TLS phase with gathered wri
   CHECK(server_was_tls);
   CHECK(server_tls == "ping");
   CHECK(client_reply == "pong!");
+}
+
+TEST_CASE("upgradable stream: gathered writes of small and large pieces arrive intact under TLS") {
+  ServerConfig config;
+  config.creds_dir = (pki() / "server").string();
+  ServerContext context(config);
+
+  // 300 reply-like pieces: 16-byte headers, some followed by data of 1 B .. 1 MiB.
+  std::vector<std::vector<unsigned char>> pieces;
+  size_t total = 0;
+  for (int i = 0; i < 300; ++i) {
+    pieces.emplace_back(16, static_cast<unsigned char>(i));
+    size_t data = i % 7 == 0 ? (size_t(1) << ((i / 7) % 21)) : 0;
+    if (data) pieces.emplace_back(data, static_cast<unsigned char>(i * 31 + 7));
+  }
+  std::vector<unsigned char> expected;
+  for (auto& p : pieces) expected.insert(expected.end(), p.begin(), p.end());
+  total = expected.size();
+
+  asio::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+  bool sent = false;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    UpgradableStream<tcp::socket> stream(co_await acceptor.async_accept(asio::use_awaitable));
+    auto peer = co_await accept(stream.start_tls(context.current()), "gather-test", std::chrono::seconds(5));
+    if (!peer) co_return;
+    std::vector<asio::const_buffer> iov;
+    for (auto& p : pieces) iov.push_back(asio::buffer(p));
+    co_await asio::async_write(stream, iov, asio::use_awaitable);
+    sent = true;
+  }, asio::detached);
+
+  asio::ssl::context client_ctx(asio::ssl::context::tls_client);
+  std::vector<unsigned char> received(total);
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    asio::ssl::stream<tcp::socket> tls(io, client_ctx);
+    co_await tls.next_layer().async_connect(acceptor.local_endpoint(), asio::use_awaitable);
+    co_await tls.async_handshake(asio::ssl::stream_base::client, asio::use_awaitable);
+    co_await asio::async_read(tls, asio::buffer(received), asio::use_awaitable);
+  }, asio::detached);
+
+  io.run_for(std::chrono::seconds(20));
+  CHECK(sent);
+  CHECK(total > (1u << 20));
+  CHECK(received == expected);
 }
