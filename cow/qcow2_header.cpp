@@ -311,4 +311,54 @@ std::error_code encode_qcow2_header(Qcow2Header& h, std::span<std::byte> c0) {
   return {};
 }
 
+std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> c0,
+                                      const std::string& backing_file,
+                                      const std::string& backing_format) {
+  if (backing_file.size() > kMaxBackingFileName || backing_format.size() > 255 ||
+      (backing_file.empty() && !backing_format.empty()))
+    return std::make_error_code(std::errc::invalid_argument);
+  // The extensions to keep, as raw (type, body) pairs.
+  std::vector<std::pair<uint32_t, std::vector<std::byte>>> keep;
+  const uint64_t area_end =
+      h.backing_file_offset > h.header_length ? h.backing_file_offset : c0.size();
+  for (uint64_t off = h.header_length; off + 8 <= area_end;) {
+    const uint32_t type = load_be32(c0.data() + off);
+    const uint32_t len = load_be32(c0.data() + off + 4);
+    if (type == kExtEnd || len > area_end - off - 8) break;
+    if (type != kExtBackingFormat)
+      keep.emplace_back(type, std::vector<std::byte>(c0.begin() + off + 8,
+                                                     c0.begin() + off + 8 + len));
+    off += 8 + align_up(len, 8);
+  }
+  std::vector<std::byte> area;
+  auto put = [&](uint32_t type, const std::byte* body, uint32_t len) {
+    const std::size_t at = area.size();
+    area.resize(at + 8 + align_up(len, 8));
+    store_be32(area.data() + at, type);
+    store_be32(area.data() + at + 4, len);
+    if (len) std::memcpy(area.data() + at + 8, body, len);
+  };
+  if (!backing_format.empty())
+    put(kExtBackingFormat, reinterpret_cast<const std::byte*>(backing_format.data()),
+        uint32_t(backing_format.size()));
+  for (auto& [type, body] : keep) put(type, body.data(), uint32_t(body.size()));
+  put(kExtEnd, nullptr, 0);
+  if (h.header_length + area.size() + backing_file.size() > c0.size())
+    return std::make_error_code(std::errc::invalid_argument);
+  std::memset(c0.data() + h.header_length, 0, c0.size() - h.header_length);
+  std::memcpy(c0.data() + h.header_length, area.data(), area.size());
+  h.backing_file = backing_file;
+  h.backing_format = backing_format;
+  if (backing_file.empty()) {
+    h.backing_file_offset = 0;
+    h.backing_file_size = 0;
+  } else {
+    h.backing_file_offset = h.header_length + area.size();
+    h.backing_file_size = uint32_t(backing_file.size());
+    std::memcpy(c0.data() + h.backing_file_offset, backing_file.data(), backing_file.size());
+  }
+  update_qcow2_header_fields(h, c0);
+  return {};
+}
+
 }  // namespace fleece::cow

@@ -76,6 +76,14 @@ Result<Qcow2Header> parse_qcow2_header(std::span<const std::byte> data, uint64_t
 // fit in one cluster.
 std::error_code encode_qcow2_header(Qcow2Header& h, std::span<std::byte> cluster0);
 
+// Replaces the backing file name and format in an encoded first cluster,
+// keeping every other header extension (unknown ones byte for byte). Sets
+// h.backing_file/format/offset/size. Fails with std::errc::invalid_argument
+// (and changes nothing) when the result does not fit in the cluster.
+std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> cluster0,
+                                      const std::string& backing_file,
+                                      const std::string& backing_format);
+
 // Rewrites only the fixed fields fleece changes after creation (refcount
 // table location, feature bits) in an encoded header.
 void update_qcow2_header_fields(const Qcow2Header& h, std::span<std::byte> cluster0);

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <unordered_set>
 
@@ -240,6 +241,48 @@ std::shared_ptr<block::Device> Qcow2Image::backing() const {
   return backing_;
 }
 
+bool Qcow2Image::has_backing_locked() const { return !header_.backing_file.empty() || backing_; }
+
+std::string Qcow2Image::backing_file() const {
+  std::lock_guard g(mu_);
+  return header_.backing_file;
+}
+
+std::string Qcow2Image::backing_format() const {
+  std::lock_guard g(mu_);
+  return header_.backing_format;
+}
+
+Task<std::error_code> Qcow2Image::set_backing_file(std::string file, std::string format) {
+  if (auto ec = writable_check()) co_return ec;
+  {
+    std::lock_guard g(mu_);
+    if (auto ec = rewrite_qcow2_backing(header_, header_cluster_.span(), file, format)) co_return ec;
+    header_dirty_ = true;
+  }
+  co_return co_await flush_metadata();
+}
+
+std::optional<Qcow2ClusterMapping> Qcow2Image::cached_mapping(uint64_t g) const {
+  if (g >= header_.guest_clusters()) return std::nullopt;
+  const uint64_t l2e = header_.l2_entries();
+  std::lock_guard lk(mu_);
+  auto it = l2_.find(g / l2e);
+  if (it == l2_.end()) {
+    if ((l1_->entry(g / l2e) & kEntryOffsetMask) == 0) return Qcow2ClusterMapping{};
+    return std::nullopt;
+  }
+  auto e = decode_locked(it->second->entry(g % l2e));
+  if (!e) return std::nullopt;
+  switch (e->kind) {
+    case EntryKind::unallocated: return Qcow2ClusterMapping{};
+    case EntryKind::zero: return Qcow2ClusterMapping{Qcow2ClusterKind::zero, 0};
+    case EntryKind::data: return Qcow2ClusterMapping{Qcow2ClusterKind::data, e->host};
+    case EntryKind::compressed: break;
+  }
+  return std::nullopt;
+}
+
 Result<Qcow2Image::Entry> Qcow2Image::decode_locked(uint64_t raw) const {
   Entry e;
   if (raw & kL2Compressed) {
@@ -410,7 +453,12 @@ Task<std::error_code> Qcow2Image::zero_cluster_locked(uint64_t g) {
   if (e->kind == EntryKind::zero && e->host == 0) co_return std::error_code{};
   if (header_.version < 3) {
     // No zero flag in v2: unallocated reads as zero only without a backing file.
-    if (!header_.backing_file.empty() || backing()) {
+    bool has_backing;
+    {
+      std::lock_guard lk(mu_);
+      has_backing = has_backing_locked();
+    }
+    if (has_backing) {
       Qcow2Bytes zeros(header_.cluster_size());
       co_return co_await write_cluster_locked(g, zeros.span());
     }
@@ -431,11 +479,21 @@ Task<std::error_code> Qcow2Image::zero_cluster_locked(uint64_t g) {
 Task<std::error_code> Qcow2Image::write_cluster(uint64_t g, std::span<const std::byte> data,
                                                 block::WriteFlags flags) {
   if (auto ec = writable_check()) co_return ec;
-  if (g >= header_.guest_clusters() || data.size() != header_.cluster_size())
-    co_return make_error_code(std::errc::invalid_argument);
+  const uint64_t cs = header_.cluster_size();
+  if (g >= header_.guest_clusters()) co_return make_error_code(std::errc::invalid_argument);
+  const uint64_t tail = std::min(cs, header_.size - g * cs);
+  if (data.size() != cs && data.size() != tail) co_return make_error_code(std::errc::invalid_argument);
   {
     auto guard = co_await clusters_.lock(g, g, false);
-    if (auto ec = co_await write_cluster_locked(g, data)) co_return ec;
+    std::error_code ec;
+    if (data.size() == cs) {
+      ec = co_await write_cluster_locked(g, data);
+    } else {  // the short last cluster: stored whole, padded with zeroes
+      Qcow2Bytes padded(cs);
+      std::memcpy(padded.data(), data.data(), data.size());
+      ec = co_await write_cluster_locked(g, padded.span());
+    }
+    if (ec) co_return ec;
   }
   if (flags.fua) co_return co_await flush();
   co_return std::error_code{};
@@ -611,7 +669,11 @@ Task<std::error_code> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length,
   const uint64_t first = offset >> cb, last = (end - 1) >> cb;
   {
     auto guard = co_await clusters_.lock(first, last, false);
-    const bool has_backing = !header_.backing_file.empty() || backing();
+    bool has_backing;
+    {
+      std::lock_guard lk(mu_);
+      has_backing = has_backing_locked();
+    }
     for (uint64_t g = first; g <= last; ++g) {
       const uint64_t seg_start = std::max(offset, g << cb);
       const uint64_t seg_end = std::min(end, (g + 1) << cb);

@@ -101,8 +101,11 @@ class Qcow2Image final : public block::Device {
   void set_backing(std::shared_ptr<block::Device> backing);
   std::shared_ptr<block::Device> backing() const;
 
-  const std::string& backing_file() const { return header_.backing_file; }
-  const std::string& backing_format() const { return header_.backing_format; }
+  std::string backing_file() const;
+  std::string backing_format() const;
+  // Rewrites the backing file link in the header (and writes it back with
+  // flush()). What unallocated clusters read is set_backing()'s business.
+  block::Task<std::error_code> set_backing_file(std::string file, std::string format);
   uint32_t cluster_size() const { return uint32_t(header_.cluster_size()); }
   uint32_t version() const { return header_.version; }
   bool dirty() const { return header_.dirty(); }
@@ -110,8 +113,13 @@ class Qcow2Image final : public block::Device {
 
   // --- cluster API -------------------------------------------------------
   block::Task<Result<Qcow2ClusterMapping>> map_cluster(uint64_t guest_cluster);
-  // data.size() == cluster_size(); for the last, partial cluster of the
-  // virtual size, bytes past the end are stored but never read.
+  // The same without I/O, from the L2 cache: std::nullopt when the L2 table
+  // is not cached yet (never for images made by create(): every table they
+  // have was made in memory) or the entry is invalid.
+  std::optional<Qcow2ClusterMapping> cached_mapping(uint64_t guest_cluster) const;
+  // data.size() == cluster_size(), or for the last cluster of a virtual
+  // size that ends inside it, either that or exactly the bytes up to the end
+  // (the rest is stored as zeroes).
   block::Task<std::error_code> write_cluster(uint64_t guest_cluster,
                                              std::span<const std::byte> data,
                                              block::WriteFlags flags = {});
@@ -148,6 +156,7 @@ class Qcow2Image final : public block::Device {
   // Under mu_: the L2 table for l1_index, allocating a new one if needed.
   Result<Qcow2MetaTable*> l2_for_update_locked(uint64_t l1_index);
   std::error_code writable_check() const;
+  bool has_backing_locked() const;
 
   block::Task<std::error_code> write_cluster_locked(uint64_t g, std::span<const std::byte> data);
   block::Task<std::error_code> zero_cluster_locked(uint64_t g);
@@ -160,7 +169,9 @@ class Qcow2Image final : public block::Device {
   void mark_all_dirty_locked();
 
   std::shared_ptr<block::Device> file_;
-  Qcow2Header header_;  // immutable after open except the fields below
+  // Immutable after open except the refcount table location, the feature
+  // bits and the backing file, which change under mu_.
+  Qcow2Header header_;
   std::size_t io_align_ = 1;
   bool writable_ = true;
   std::string read_only_reason_;

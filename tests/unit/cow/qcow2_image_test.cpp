@@ -232,3 +232,35 @@ TEST_CASE("qcow2 write errors leave the image consistent") {
   // The L2 table and one data cluster; the failed allocation was returned.
   CHECK(again->file_bytes_in_use() == before + 2 * cs);
 }
+
+TEST_CASE("qcow2 cached mappings, short last cluster, backing link rewrite") {
+  auto file = std::make_shared<GrowingFile>();
+  const uint32_t cs = 4096;
+  auto img = must_create(file, 10 * cs + 100, cs, "old.raw", "raw");
+  CHECK(img->guest_clusters() == 11);
+  REQUIRE(!run(img->write_cluster(2, pattern(cs, 2))));
+  REQUIRE(!run(img->zero_cluster(3)));
+  CHECK(img->cached_mapping(2)->kind == Qcow2ClusterKind::data);
+  CHECK(img->cached_mapping(3)->kind == Qcow2ClusterKind::zero);
+  CHECK(img->cached_mapping(4)->kind == Qcow2ClusterKind::unallocated);
+  CHECK(!img->cached_mapping(11).has_value());
+
+  // The last cluster holds 100 bytes: write_cluster takes exactly those.
+  auto tail = pattern(100, 9);
+  REQUIRE(!run(img->write_cluster(10, tail)));
+  CHECK(run(img->write_cluster(10, pattern(99, 9))) == std::errc::invalid_argument);
+  CHECK(read_all(*img, 10 * cs, 100) == tail);
+
+  REQUIRE(!run(img->set_backing_file("a-much-longer-name-than-before.qcow2", "qcow2")));
+  CHECK(img->backing_file() == "a-much-longer-name-than-before.qcow2");
+  REQUIRE(!run(img->set_backing_file("", "")));
+  REQUIRE(!run(img->set_backing_file("new.qcow2", "qcow2")));
+  auto again = must_open(file);
+  // Opened images fill the L2 cache as they are used.
+  CHECK(!again->cached_mapping(2).has_value());
+  CHECK(again->backing_file() == "new.qcow2");
+  CHECK(again->backing_format() == "qcow2");
+  CHECK(read_all(*again, 2 * cs, cs) == pattern(cs, 2));
+  CHECK(read_all(*again, 10 * cs, 100) == tail);
+  CHECK(again->cached_mapping(2)->kind == Qcow2ClusterKind::data);
+}

@@ -75,6 +75,15 @@ TEST_CASE("qcow2 written by fleece passes qemu-img check and converts to what fl
     CHECK(info.find("backing file format: raw") != std::string::npos);
     CHECK(info.find(fmt::format("cluster_size: {}", cs)) != std::string::npos);
 
+    // Re-pointing the backing link keeps the image valid for qemu.
+    write_file(dir.file("other.raw"), base_bytes);
+    REQUIRE(!run(img->set_backing_file(dir.file("other.raw"), "raw")));
+    write_file(path, file->bytes());
+    auto [irc2, info2] = shell("qemu-img info '" + path + "'");
+    INFO(info2);
+    CHECK(info2.find("backing file: " + dir.file("other.raw")) != std::string::npos);
+    check_with_qemu_img(path);
+
     const std::string raw = dir.file("converted.raw");
     auto [crc, cout_] = shell("qemu-img convert -f qcow2 -O raw '" + path + "' '" + raw + "'");
     INFO(cout_);
