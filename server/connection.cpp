@@ -336,7 +336,7 @@ class Connection final : public ConnectionHandle,
   // Reads n payload bytes into out (from the read buffer first).
   awaitable<bool> read_payload(std::byte* out, size_t n) {
     size_t have = read_end_ - read_pos_;
-    if (n - std::min(have, n) < kDirectPayloadMin) {
+    if (n <= read_buffer_.size() && n - std::min(have, n) < kDirectPayloadMin) {
       if (!co_await fill(n)) co_return false;
       std::memcpy(out, read_buffer_.data() + read_pos_, n);
       read_pos_ += n;
