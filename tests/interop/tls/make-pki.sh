@@ -15,6 +15,7 @@
 # OUT/server-expired  server cert valid 2001-2002
 # OUT/server-future   server cert valid from 2090
 # OUT/server-mismatch server-key.pem of another key
+# OUT/server-dh       OUT/server plus dh-params.pem (certtool --get-dh-params)
 # OUT/keys.psk        alice and bob (psktool), OUT/alice.psk only alice,
 # OUT/wrong.psk       alice with a different key
 set -euo pipefail
@@ -69,6 +70,8 @@ server_dir server-rogue rogue srv-rogue
 server_dir server-expired ca srv-expired
 server_dir server-future ca srv-future
 server_dir server-mismatch ca srv
+server_dir server-dh ca srv
+certtool --get-dh-params --outfile server-dh/dh-params.pem 2>/dev/null
 cp other-key.pem server-mismatch/server-key.pem
 client_dir client ca cli
 client_dir client-other ca cli-other

@@ -138,6 +138,19 @@ TEST_CASE("handshake: PSK over TLS 1.3 and TLS 1.2, right and wrong key") {
                      std::errc::connection_aborted));
 }
 
+TEST_CASE("handshake: dh-params.pem from certtool is used for DHE-PSK on TLS 1.2") {
+  ServerConfig c = x509(pki() / "server-dh");
+  c.psk_file = dir("keys.psk");
+  ServerContext context(c);
+  auto o = loopback(context.current(), {.psk_identity = "alice",
+                                        .psk_key_hex = key_of("alice", pki() / "keys.psk"),
+                                        .tls12_only = true,
+                                        .tls12_ciphers = "DHE-PSK-AES256-GCM-SHA384"});
+  REQUIRE(o.server.has_value());
+  CHECK(o.echoed == "pong");
+  CHECK(o.server->cipher == "DHE-PSK-AES256-GCM-SHA384");
+}
+
 TEST_CASE("handshake: PSK beside X.509, authz by PSK identity") {
   ServerConfig c = x509(pki() / "server", true, "alice");
   c.psk_file = dir("keys.psk");

@@ -144,7 +144,7 @@ LoopbackOutcome loopback(std::shared_ptr<const Credentials> credentials, const C
     g_key = from_hex(client.psk_key_hex);
     if (client.tls12_only) {
       SSL_CTX_set_psk_client_callback(ctx.native_handle(), psk_client);
-      SSL_CTX_set_cipher_list(ctx.native_handle(), "PSK");
+      SSL_CTX_set_cipher_list(ctx.native_handle(), client.tls12_ciphers.empty() ? "PSK" : client.tls12_ciphers.c_str());
     } else {
       SSL_CTX_set_psk_use_session_callback(ctx.native_handle(), use_psk_session);
     }

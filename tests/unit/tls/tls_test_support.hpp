@@ -31,6 +31,7 @@ struct ClientSettings {
   std::optional<std::string> psk_identity; // with psk_key_hex
   std::string psk_key_hex;
   bool tls12_only = false;
+  std::string tls12_ciphers;  // OpenSSL cipher list for TLS 1.2 ("" = default, "PSK" with a PSK)
   bool send_garbage = false;  // write junk instead of a ClientHello
   bool stall = false;         // connect and send nothing
 };
