@@ -17,6 +17,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <optional>
 #include <utility>
 
 namespace fleece::cow {
@@ -26,22 +27,38 @@ class Resumer {
   Resumer() = default;
   template <class Handler>
   explicit Resumer(Handler&& handler)
-      : executor_(boost::asio::get_associated_executor(handler)),
-        handler_(std::forward<Handler>(handler)) {}
+      : executor_(boost::asio::get_associated_executor(handler)) {
+    handler_.emplace(std::forward<Handler>(handler));
+  }
 
-  Resumer(Resumer&&) noexcept = default;
-  Resumer& operator=(Resumer&&) noexcept = default;
+  // Boost 1.81's any_completion_handler move assignment wraps instead of
+  // moving, so assignment here rebuilds by move construction.
+  Resumer(Resumer&& o) noexcept : executor_(std::move(o.executor_)) {
+    if (o.handler_) handler_.emplace(std::move(*o.handler_));
+    o.handler_.reset();
+  }
+  Resumer& operator=(Resumer&& o) noexcept {
+    if (this != &o) {
+      executor_ = std::move(o.executor_);
+      handler_.reset();
+      if (o.handler_) handler_.emplace(std::move(*o.handler_));
+      o.handler_.reset();
+    }
+    return *this;
+  }
 
-  explicit operator bool() const { return static_cast<bool>(handler_); }
+  explicit operator bool() const { return handler_.has_value() && static_cast<bool>(*handler_); }
 
   // Schedules the parked coroutine on its executor. Call at most once.
   void resume() {
-    boost::asio::post(executor_, [h = std::move(handler_)]() mutable { std::move(h)(); });
+    auto h = std::move(*handler_);
+    handler_.reset();
+    boost::asio::post(executor_, [h = std::move(h)]() mutable { std::move(h)(); });
   }
 
  private:
   boost::asio::any_io_executor executor_;
-  boost::asio::any_completion_handler<void()> handler_;
+  std::optional<boost::asio::any_completion_handler<void()>> handler_;
 };
 
 template <class Park>

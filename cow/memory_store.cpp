@@ -61,6 +61,16 @@ void MemoryStore::set_hold(bool hold) {
   for (auto& r : wake) r.resume();
 }
 
+void MemoryStore::hold_reads(bool hold) {
+  std::vector<Resumer> wake;
+  {
+    std::lock_guard lk(mutex_);
+    hold_reads_ = hold;
+    if (!hold) wake.swap(held_reads_);
+  }
+  for (auto& r : wake) r.resume();
+}
+
 std::error_code MemoryStore::take_failure() {
   std::lock_guard lk(mutex_);
   if (fail_count_ > 0) {
@@ -88,6 +98,15 @@ boost::asio::awaitable<void> MemoryStore::maybe_delay() {
 boost::asio::awaitable<std::error_code> MemoryStore::read(uint64_t cluster, uint32_t offset,
                                                           std::span<std::byte> out) {
   co_await maybe_delay();
+  co_await suspend([&](Resumer&& r) {
+    std::unique_lock lk(mutex_);
+    if (!hold_reads_) {
+      lk.unlock();
+      r.resume();
+      return;
+    }
+    held_reads_.push_back(std::move(r));
+  });
   std::lock_guard lk(mutex_);
   if (cluster >= states_.size() || offset + out.size() > cluster_bytes(cluster))
     co_return std::make_error_code(std::errc::invalid_argument);

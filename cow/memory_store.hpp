@@ -5,7 +5,8 @@
 // write_cluster / mark_zero / discard / read wait a random time in [lo, hi]
 // (a seeded generator, so a failing interleaving can be replayed);
 // set_hold(true) parks every write_cluster until set_hold(false), which lets
-// a test keep a copy in flight as long as it wants.
+// a test keep a copy in flight as long as it wants; hold_reads() does the
+// same for reads.
 // Counters record what the filter asked for, so tests can prove "one copy
 // per first write" and "holes are recorded without reading".
 #pragma once
@@ -47,7 +48,8 @@ class MemoryStore final : public ClusterStore {
   void fail_next_writes(int n, std::error_code ec = std::make_error_code(std::errc::io_error));
   void set_write_delay(std::chrono::microseconds lo, std::chrono::microseconds hi,
                        uint64_t seed = 1);
-  void set_hold(bool hold);
+  void set_hold(bool hold);        // parks write_cluster calls
+  void hold_reads(bool hold);      // parks read calls
 
   // Observations.
   std::string backing() const;
@@ -74,7 +76,9 @@ class MemoryStore final : public ClusterStore {
   std::chrono::microseconds delay_lo_{0}, delay_hi_{0};
   std::mt19937_64 rng_;
   bool hold_ = false;
+  bool hold_reads_ = false;
   std::vector<Resumer> held_;
+  std::vector<Resumer> held_reads_;
 
   std::atomic<uint64_t> data_writes_{0}, zero_marks_{0}, discards_{0}, flushes_{0};
 };
