@@ -264,3 +264,32 @@ TEST_CASE("qcow2 cached mappings, short last cluster, backing link rewrite") {
   CHECK(read_all(*again, 10 * cs, 100) == tail);
   CHECK(again->cached_mapping(2)->kind == Qcow2ClusterKind::data);
 }
+
+TEST_CASE("qcow2 on a file that demands O_DIRECT alignment") {
+  auto file = std::make_shared<GrowingFile>();
+  file->min_block = 4096;
+  const uint32_t cs = 65536;
+  auto img = must_create(file, 8 * kMiB, cs, "base", "raw");
+  CHECK(img->capabilities().min_block == 4096);
+  auto base = std::make_shared<GrowingFile>(pattern(8 * kMiB, 3));
+  img->set_backing(base);
+  Qcow2Bytes a(cs), b(8192);
+  std::fill_n(a.data(), cs, std::byte(0x31));
+  std::fill_n(b.data(), 8192, std::byte(0x32));
+  REQUIRE(!run(img->write_cluster(4, a.span())));
+  REQUIRE(!run(img->write(cs * 6 + 4096, b.span(), {})));   // copy-on-write from the backing
+  REQUIRE(!run(img->write(cs * 4 + 8192, b.span(), {})));   // in place
+  REQUIRE(!run(img->discard_cluster(5)));
+  REQUIRE(!run(img->flush()));
+  auto again = must_open(file);
+  again->set_backing(base);
+  Qcow2Bytes out(8 * cs);
+  REQUIRE(!run(again->read(0, out.span())));
+  auto expect = base->bytes();
+  expect.resize(8 * cs);
+  std::fill_n(expect.begin() + 4 * cs, cs, std::byte(0x31));
+  std::fill_n(expect.begin() + 4 * cs + 8192, 8192, std::byte(0x32));
+  std::fill_n(expect.begin() + 5 * cs, cs, std::byte(0));
+  std::fill_n(expect.begin() + 6 * cs + 4096, 8192, std::byte(0x32));
+  CHECK(std::equal(expect.begin(), expect.end(), out.data()));
+}

@@ -43,6 +43,7 @@ class GrowingFile final : public block::Device {
   }
   block::Task<std::error_code> read(uint64_t offset, std::span<std::byte> out) override {
     co_await maybe_yield();
+    if (!aligned(offset, out.data(), out.size())) co_return std::make_error_code(std::errc::invalid_argument);
     std::lock_guard g(mu_);
     if (fail_reads) co_return std::make_error_code(std::errc::io_error);
     if (offset > bytes_.size() || out.size() > bytes_.size() - offset)
@@ -53,6 +54,7 @@ class GrowingFile final : public block::Device {
   block::Task<std::error_code> write(uint64_t offset, std::span<const std::byte> data,
                                      block::WriteFlags) override {
     co_await maybe_yield();
+    if (!aligned(offset, data.data(), data.size())) co_return std::make_error_code(std::errc::invalid_argument);
     std::lock_guard g(mu_);
     if (fail_writes) co_return std::make_error_code(std::errc::io_error);
     if (offset + data.size() > bytes_.size()) bytes_.resize(offset + data.size());
@@ -93,6 +95,11 @@ class GrowingFile final : public block::Device {
   std::atomic<uint64_t> flushes{0};
 
  private:
+  // What O_DIRECT demands when min_block > 1.
+  bool aligned(uint64_t offset, const void* p, std::size_t n) const {
+    return offset % min_block == 0 && n % min_block == 0 &&
+           reinterpret_cast<uintptr_t>(p) % min_block == 0;
+  }
   boost::asio::awaitable<void> maybe_yield() {
     if (yield_each_op)
       co_await boost::asio::post(co_await boost::asio::this_coro::executor,
