@@ -28,6 +28,8 @@ namespace fleece::server {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
+constexpr int kUnixSendBuffer = 4 << 20;  // capped by net.core.wmem_max
+
 struct Server::Impl {
   explicit Impl(ServeOptions opts) : options(std::move(opts)), runtime(effective_threads(options)) {}
 
@@ -79,6 +81,11 @@ asio::awaitable<void> Server::Impl::accept_loop(Listener* listener) {
     if (is_tcp(socket.native_handle())) {
       int one = 1;
       ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    } else {
+      // Unix sockets do not autotune: with the default ~200 KiB a 256 KiB
+      // READ reply needs several sends and wakes the client for each part.
+      int size = kUnixSendBuffer;
+      ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     }
     ConnectionSettings settings;
     settings.registry = &registry;
