@@ -6,6 +6,8 @@
 #include "nbd/reply.hpp"
 #include "nbd/request.hpp"
 #include "nbd/wire.hpp"
+#include "tls/server_context.hpp"
+#include "tls/upgradable_stream.hpp"
 #include "util/errors.hpp"
 #include "util/log.hpp"
 
@@ -231,7 +233,8 @@ class Connection final : public ConnectionHandle,
       co_return false;
     }
     nbd::Negotiator negotiator(*settings_.registry,
-                               nbd::NegotiatorConfig{.tls = nbd::TlsMode::off, .shutting_down = stopping()});
+                               nbd::NegotiatorConfig{.tls = settings_.tls ? settings_.tls_mode : nbd::TlsMode::off,
+                                                      .shutting_down = stopping()});
     if (!negotiator.on_client_flags(nbd::wire::load32(flags.data()))) {
       FLEECE_LOG_INFO("nbd", "{}: refused client flags {:#x}", peer_, nbd::wire::load32(flags.data()));
       co_return false;
@@ -277,7 +280,14 @@ class Connection final : public ConnectionHandle,
         case nbd::Negotiator::Action::kTransmission:
           session_ = negotiator.session();
           co_return true;
-        case nbd::Negotiator::Action::kStartTls:  // TLS is off: the negotiator never asks
+        case nbd::Negotiator::Action::kStartTls: {
+          // The ACK is out; a failed handshake ends the session (the spec's MUST).
+          auto& tls = stream_.start_tls(settings_.tls->current());
+          auto peer = co_await tls::accept(tls, peer_, settings_.handshake_timeout);
+          if (!peer) co_return false;
+          negotiator.on_tls_established();
+          continue;
+        }
         case nbd::Negotiator::Action::kClose:
           co_return false;
       }
@@ -714,13 +724,10 @@ class Connection final : public ConnectionHandle,
 std::shared_ptr<ConnectionHandle> start_connection(Socket socket, ConnectionSettings settings,
                                                    std::function<void()> on_finished) {
   std::string peer = peer_name(socket.native_handle());
-  auto connection = std::make_shared<Connection<Socket>>(std::move(socket), settings,
-                                                         std::move(on_finished), std::move(peer));
+  auto connection = std::make_shared<Connection<tls::UpgradableStream<Socket>>>(
+      tls::UpgradableStream<Socket>(std::move(socket)), settings, std::move(on_finished), std::move(peer));
   connection->start();
   return connection;
 }
-
-// The TLS stream joins here once STARTTLS lands:
-// template class Connection<boost::asio::ssl::stream<Socket>>;
 
 }  // namespace fleece::server

@@ -13,6 +13,7 @@
 // per-connection budget instead of a request count.
 #pragma once
 
+#include "nbd/negotiation.hpp"
 #include "server/export_registry.hpp"
 #include "server/listener.hpp"
 
@@ -23,6 +24,10 @@
 #include <memory>
 #include <string>
 
+namespace fleece::tls {
+class ServerContext;
+}
+
 namespace fleece::server {
 
 struct ConnectionSettings {
@@ -30,6 +35,8 @@ struct ConnectionSettings {
   const std::atomic<bool>* stopping = nullptr;  // the server is shutting down
   std::chrono::milliseconds handshake_timeout{10'000};
   uint64_t inflight_budget = 64u << 20;  // bytes of READ/WRITE payload in flight
+  nbd::TlsMode tls_mode = nbd::TlsMode::off;
+  tls::ServerContext* tls = nullptr;     // credentials for STARTTLS (set unless tls_mode is off)
 };
 
 // What the server keeps of a live connection. Thread-safe.
