@@ -443,8 +443,11 @@ Task<Result<SnapshotId>> CbwFilter::add_snapshot(std::shared_ptr<ClusterStore> s
     }
     if (!chain_.empty()) previous = chain_.back()->store;
   }
-  if (previous)
-    if (auto ec = co_await previous->set_backing(store->path(), store->format())) co_return ec;
+  if (previous) {
+    // Named strings: GCC 12 mishandles temporaries inside co_await.
+    const std::string file = store->path(), format = store->format();
+    if (auto ec = co_await previous->set_backing(file, format)) co_return ec;
+  }
 
   auto snap = std::make_shared<Snapshot>();
   snap->store = std::move(store);
@@ -525,8 +528,9 @@ Task<void> CbwFilter::reap_zombies() {
         pred->holds[c] = true;
     }
     if (pred) {
-      auto ec = next ? co_await pred->store->set_backing(next->path(), next->format())
-                     : co_await pred->store->set_backing(options_.disk_path, options_.disk_format);
+      const std::string file = next ? next->path() : options_.disk_path;
+      const std::string format = next ? next->format() : options_.disk_format;
+      auto ec = co_await pred->store->set_backing(file, format);
       if (ec)
         FLEECE_LOG_WARN("cbw", "re-pointing {} failed: {}", pred->store->path(), ec.message());
     }

@@ -48,7 +48,8 @@ struct Rig {
 
   Task<cow::SnapshotId> start(cow::SnapshotPolicy policy = {}) {
     auto store = std::make_shared<cow::MemoryStore>(kSize, kCs, "st" + std::to_string(stores.size()));
-    co_await store->set_backing("disk.raw", "raw");
+    const std::string file = "disk.raw", format = "raw";
+    co_await store->set_backing(file, format);
     co_await filter->close_gate();
     auto id = co_await filter->add_snapshot(store, policy);
     filter->open_gate();

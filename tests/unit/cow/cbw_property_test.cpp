@@ -224,7 +224,8 @@ Task<void> snapshot_start(World& w) {
     store->set_write_delay(microseconds(0), microseconds(150), w.rng());
     w.stores[name] = store;
   }
-  co_await store->set_backing("disk", "raw");  // created backed by the live disk
+  const std::string disk_file = "disk", disk_format = "raw";
+  co_await store->set_backing(disk_file, disk_format);  // created backed by the live disk
   co_await w.filter->close_gate();
   auto snap = std::make_shared<ModelSnap>();
   {

@@ -1,0 +1,58 @@
+// Qcow2ClusterStore: a ClusterStore over a Qcow2Image, the throwaway qcow2
+// a fleece keeps preserved clusters in.
+//
+// The image is created fresh (create()) with the snapshot's disk as its
+// backing file, so every L2 table lives in memory and state() is answered
+// from the mapping cache without I/O. Cluster operations map one to one:
+// write_cluster -> Qcow2Image::write_cluster, mark_zero -> zero_cluster,
+// discard -> discard_cluster (a zero cluster, data freed), stored_bytes ->
+// data_bytes_in_use. set_backing() rewrites the header's backing link and
+// flushes it, so qemu-img sees the chain the filter uses; what the image's
+// own Device reads for unallocated clusters is left alone (the filter never
+// reads a cluster a store lacks). Deleting the file is the owner's job.
+#pragma once
+
+#include "cow/cluster_store.hpp"
+#include "cow/qcow2_image.hpp"
+#include "util/result.hpp"
+
+#include <memory>
+#include <string>
+
+namespace fleece::cow {
+
+class Qcow2ClusterStore final : public ClusterStore {
+ public:
+  // Formats `file` as a qcow2 of `size` bytes backed by backing_file.
+  static boost::asio::awaitable<Result<std::shared_ptr<Qcow2ClusterStore>>> create(
+      std::shared_ptr<block::Device> file, std::string path, uint64_t size,
+      uint32_t cluster_size, std::string backing_file, std::string backing_format);
+
+  Qcow2ClusterStore(std::shared_ptr<Qcow2Image> image, std::string path)
+      : image_(std::move(image)), path_(std::move(path)) {}
+
+  const std::shared_ptr<Qcow2Image>& image() const { return image_; }
+
+  uint64_t size() const override { return image_->size(); }
+  uint32_t cluster_size() const override { return image_->cluster_size(); }
+  ClusterState state(uint64_t cluster) const override;
+  uint64_t stored_bytes() const override { return image_->data_bytes_in_use(); }
+  std::string path() const override { return path_; }
+  std::string format() const override { return "qcow2"; }
+
+  boost::asio::awaitable<std::error_code> read(uint64_t cluster, uint32_t offset,
+                                               std::span<std::byte> out) override;
+  boost::asio::awaitable<std::error_code> write_cluster(uint64_t cluster,
+                                                        std::span<const std::byte> data) override;
+  boost::asio::awaitable<std::error_code> mark_zero(uint64_t cluster) override;
+  boost::asio::awaitable<std::error_code> discard(uint64_t cluster) override;
+  boost::asio::awaitable<std::error_code> flush() override;
+  boost::asio::awaitable<std::error_code> set_backing(const std::string& file,
+                                                      const std::string& format) override;
+
+ private:
+  std::shared_ptr<Qcow2Image> image_;
+  std::string path_;
+};
+
+}  // namespace fleece::cow
