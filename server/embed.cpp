@@ -132,7 +132,6 @@ Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>()) {
   s.core->io = s.control;
   s.core->disks = &s.server->disks();
   s.core->registry = &s.server->registry();
-  s.core->accepting = false;
   s.addresses = s.server->listen_addresses();
   s.ports = s.server->bound_ports();
 }
@@ -150,7 +149,6 @@ Engine::Engine(EngineOptions options, boost::asio::io_context& io) : impl_(std::
   s.core->io = &io;
   s.core->disks = &s.hosted->disks();
   s.core->registry = &s.hosted->registry();
-  s.core->accepting = false;
   s.addresses = s.hosted->listen_addresses();
   s.ports = s.hosted->bound_ports();
 }
@@ -180,7 +178,7 @@ void Engine::start() {
   }
   {
     std::unique_lock lock(s.core->mutex);
-    if (!s.core->io) return;
+    if (!s.core->io || s.core->stopped) return;
     s.core->accepting = true;
   }
   if (s.server) s.server->start();
@@ -192,6 +190,7 @@ void Engine::stop(std::function<void()> on_stopped) {
   {
     std::unique_lock lock(s.core->mutex);
     s.core->accepting = false;
+    s.core->stopped = true;
   }
   s.stopping.store(true);
   if (s.hosted) {

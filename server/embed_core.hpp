@@ -43,7 +43,8 @@ struct EmbedCore {
   boost::asio::io_context* io = nullptr;  // where Disk requests run
   DiskTable* disks = nullptr;
   ExportRegistry* registry = nullptr;
-  bool accepting = true;  // false from stop() on: new Disk requests are refused
+  bool accepting = false;  // between start() and stop(): Disk requests are taken
+  bool stopped = false;    // stop() was called (refusals say operation_canceled)
 };
 
 class HostedServer : public std::enable_shared_from_this<HostedServer> {

@@ -137,26 +137,31 @@ asio::awaitable<void> run_request(std::shared_ptr<block::Device> device, Request
   done(ec);
 }
 
+// Refusals complete inline: before start() and after stop() nothing may be
+// running the engine's context to deliver them.
 void submit(const std::shared_ptr<Disk::Impl>& disk, Request r, Disk::Completion done_fn) {
   CompletionOnce done(std::move(done_fn));
-  if (!disk) {
-    done(std::make_error_code(std::errc::bad_file_descriptor));
-    return;
+  std::errc refusal = std::errc::bad_file_descriptor;  // an empty handle
+  if (disk) {
+    server::EmbedCore& core = *disk->core;
+    std::shared_lock lock(core.mutex);
+    if (!core.io) {
+      refusal = std::errc::operation_canceled;  // the engine is gone
+    } else if (!core.accepting) {
+      refusal = core.stopped ? std::errc::operation_canceled : std::errc::resource_unavailable_try_again;
+    } else if (auto found = core.disks->find(disk->name); !found) {
+      refusal = std::errc::no_such_device_or_address;
+    } else {
+      // Posted, not spawned here: co_spawn may start the request inline when
+      // called on the engine's thread, and its completion must not run under
+      // this lock (it may call stop()).
+      asio::post(*core.io, [io = core.io, device = std::move(found->device), r, done = std::move(done)]() mutable {
+        asio::co_spawn(*io, run_request(std::move(device), r, std::move(done)), asio::detached);
+      });
+      return;
+    }
   }
-  server::EmbedCore& core = *disk->core;
-  std::shared_lock lock(core.mutex);
-  if (!core.io) {
-    lock.unlock();
-    done(std::make_error_code(std::errc::operation_canceled));  // the engine is gone
-    return;
-  }
-  auto fail_later = [&](std::errc e) {
-    asio::post(*core.io, [done = std::move(done), e]() mutable { done(std::make_error_code(e)); });
-  };
-  if (!core.accepting) return fail_later(std::errc::operation_canceled);
-  auto found = core.disks->find(disk->name);
-  if (!found) return fail_later(std::errc::no_such_device_or_address);
-  asio::co_spawn(*core.io, run_request(std::move(found->device), r, std::move(done)), asio::detached);
+  done(std::make_error_code(refusal));
 }
 
 std::error_code submit_and_wait(const std::shared_ptr<Disk::Impl>& disk, Request r) {

@@ -44,20 +44,21 @@
 //  * Disk I/O returns a std::error_code: std::errc values for errno cases
 //    (invalid_argument for a range outside the disk or misaligned for
 //    cache=none, operation_not_permitted for writes to a read-only disk,
-//    operation_canceled once the engine is stopping or gone,
-//    resource_deadlock_would_occur for a blocking call made on an engine
-//    thread).
+//    resource_unavailable_try_again before start(), operation_canceled
+//    once the engine is stopping or gone, resource_deadlock_would_occur for
+//    a blocking call made on an engine thread).
 //
 // Threads: every member of Engine and Disk may be called from any thread,
 // except that the blocking Disk calls must not be made from a thread the
 // engine runs on (its own threads, or one running the host's context in
 // the second mode): they would wait for work that thread has to do.
 //
-// Async completions run on an engine thread (in the second mode: a thread
-// running the host's context), exactly once, never inside the async_* call
-// itself, except when the engine is already gone (then inline, with
-// operation_canceled). Buffers passed to async calls must stay valid until
-// the completion runs.
+// Async completions run exactly once, on an engine thread (in the second
+// mode: a thread running the host's context), except for requests refused
+// before they start (not started, stopping, engine gone, disk closed, empty
+// handle): those complete inline, inside the async_* call. Buffers passed
+// to async calls must stay valid until the completion runs. A completion
+// must not throw.
 #pragma once
 
 #include <chrono>
@@ -148,6 +149,7 @@ struct ClientInfo {
 // or the engine is gone (then every call fails with operation_canceled or
 // no_such_device_or_address). A default-constructed Disk is empty.
 //
+// Requests are taken between Engine::start() and Engine::stop().
 // Ranges are checked here: [offset, offset + length) must lie within size().
 // Large requests are split to fit the device's limits; with cache=none an
 // unaligned buffer is copied through an aligned one.
@@ -207,11 +209,14 @@ class Engine {
   // Starts serving. Call once; disks and exports may be added before or after.
   void start();
   // Begins the graceful shutdown; idempotent, returns at once. on_stopped
-  // runs once the shutdown is complete (owned threads: on an engine thread
-  // just before the threads end; host's context: on `io`).
+  // runs once the shutdown is complete: owned threads: on the thread that
+  // calls wait() (or the destructor), after the threads are joined; host's
+  // context: on `io`. If the engine has already finished, it runs at once.
   void stop(std::function<void()> on_stopped = {});
-  // Blocks until the shutdown is complete. Throws std::logic_error when
-  // called from a thread the engine needs to finish it.
+  // Blocks until the shutdown is complete (owned threads: returns at once
+  // if the engine was neither started nor stopped). Afterwards Disk
+  // requests fail with operation_canceled. Throws
+  // std::logic_error when called from a thread the engine needs to finish.
   void wait();
   bool stopping() const;
 
