@@ -138,13 +138,14 @@ std::string serve_usage() {
   return "usage: fleece serve --disk NAME=PATH[,format=raw][,readonly][,cache=writeback|none] ...\n"
          "                    [--listen unix:PATH|tcp:HOST:PORT ...] (default unix:./fleece.sock)\n"
          "                    [--qmp unix:PATH] [--store-dir DIR]\n"
-         "                    [--tls off] [--tls-creds DIR] [--tls-psk FILE] [--tls-verify-peer]\n"
-         "                    [--tls-authz LIST] [--threads N] [--log-level trace|debug|info|warn|error|off]\n"
+         "                    [--tls off|on|require] [--tls-creds DIR] [--tls-psk FILE] [--tls-verify-peer]\n"
+         "                    [--tls-authz 'DN;DN;PSK-ID'|@FILE] [--threads N] [--log-level trace|debug|info|warn|error|off]\n"
          "                    [--max-connections N] [--handshake-timeout SECONDS]\n";
 }
 
 ServeOptions parse_serve_options(const std::vector<std::string>& args, bool use_default_listen) {
   ServeOptions options;
+  bool tls_given = false;  // --tls seen
   for (size_t i = 0; i < args.size(); ++i) {
     std::string_view arg = args[i];
     std::string name(arg);
@@ -188,10 +189,11 @@ ServeOptions parse_serve_options(const std::vector<std::string>& args, bool use_
       if (options.store_dir.empty()) fail("--store-dir needs a directory");
     } else if (name == "--tls") {
       std::string v = value();
+      tls_given = true;
       if (v == "off") options.tls.mode = TlsSetting::off;
-      else if (v == "on" || v == "require") {
-        fail(fmt::format("--tls {}: TLS is not supported yet; use --tls off", v));
-      } else {
+      else if (v == "on") options.tls.mode = TlsSetting::on;
+      else if (v == "require") options.tls.mode = TlsSetting::require;
+      else {
         fail(fmt::format("--tls '{}': expected off, on or require", v));
       }
     } else if (name == "--tls-creds") {
@@ -218,6 +220,20 @@ ServeOptions parse_serve_options(const std::vector<std::string>& args, bool use_
     } else {
       fail(fmt::format("unknown option '{}' (see fleece serve --help)", name));
     }
+  }
+  // Credentials without --tls mean TLS is wanted (as with qemu-nbd --tls-creds).
+  const TlsOptions& tls = options.tls;
+  bool tls_creds = !tls.creds_dir.empty() || !tls.psk_file.empty();
+  if (!tls_given && tls_creds) options.tls.mode = TlsSetting::require;
+  if (tls.mode == TlsSetting::off && (tls_creds || tls.verify_peer || !tls.authz.empty())) {
+    fail("--tls off, but TLS settings are given (--tls-creds, --tls-psk, --tls-verify-peer, --tls-authz); drop one or the other");
+  }
+  if (tls.mode != TlsSetting::off && !tls_creds) {
+    fail(fmt::format("--tls {} needs credentials: --tls-creds DIR (X.509, QEMU's layout) and/or --tls-psk FILE",
+                     tls.mode == TlsSetting::on ? "on" : "require"));
+  }
+  if (tls.verify_peer && tls.creds_dir.empty()) {
+    fail("--tls-verify-peer checks client certificates and needs --tls-creds DIR with ca-cert.pem");
   }
   if (options.listen.empty() && use_default_listen) {
     options.listen.push_back(parse_listen_address("unix:./fleece.sock"));

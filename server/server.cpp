@@ -3,6 +3,7 @@
 #include "server/connection.hpp"
 #include "server/listener.hpp"
 #include "server/runtime.hpp"
+#include "tls/server_context.hpp"
 #include "util/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -39,6 +40,7 @@ struct Server::Impl {
   DiskTable disks;
   std::vector<std::unique_ptr<Listener>> listeners;
   std::optional<asio::signal_set> signals;
+  std::unique_ptr<tls::ServerContext> tls;  // null when --tls off
 
   std::atomic<bool> stopping{false};
   bool started = false;
@@ -91,6 +93,10 @@ asio::awaitable<void> Server::Impl::accept_loop(Listener* listener) {
     settings.registry = &registry;
     settings.stopping = &stopping;
     settings.handshake_timeout = options.handshake_timeout;
+    settings.tls = tls.get();
+    settings.tls_mode = options.tls.mode == TlsSetting::require ? nbd::TlsMode::require
+                        : options.tls.mode == TlsSetting::on    ? nbd::TlsMode::on
+                                                                : nbd::TlsMode::off;
     std::lock_guard lock(mutex);
     uint64_t id = next_connection++;
     live.fetch_add(1);
@@ -166,6 +172,15 @@ asio::awaitable<void> Server::Impl::shutdown() {
 
 Server::Server(ServeOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
   Impl& s = *impl_;
+  if (s.options.tls.mode != TlsSetting::off) {
+    // Credentials first: a bad certificate must not leave disks open or sockets bound.
+    try {
+      s.tls = std::make_unique<tls::ServerContext>(tls::ServerConfig{
+          s.options.tls.creds_dir, s.options.tls.psk_file, s.options.tls.verify_peer, s.options.tls.authz});
+    } catch (const tls::ConfigError& e) {
+      throw StartupError(e.what());
+    }
+  }
   for (const auto& spec : s.options.disks) {
     std::string message;
     auto device = open_disk(spec, &message);
@@ -220,9 +235,13 @@ void Server::wait() {
 int Server::run(std::function<void()> on_started) {
   Impl& s = *impl_;
   s.signals.emplace(s.control(), SIGINT, SIGTERM);
+  if (s.tls) s.signals->add(SIGHUP);
   std::function<void(const error_code&, int)> on_signal = [this, &s, &on_signal](const error_code& ec, int sig) {
     if (ec) return;
-    if (!s.stopping.load()) {
+    if (sig == SIGHUP) {
+      // New TLS credentials for new connections; the outcome is logged by reload().
+      s.tls->reload();
+    } else if (!s.stopping.load()) {
       FLEECE_LOG_INFO("server", "signal {}: stopping (again to close connections at once)", sig);
       stop();
     } else {

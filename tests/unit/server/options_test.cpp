@@ -43,7 +43,7 @@ TEST_CASE("serve options: a full command line") {
   auto o = parse({"--disk", "vda=/img/a.raw,format=raw,readonly,cache=none", "--disk=vdb=/img/b.raw",
                   "--listen", "unix:/run/f.sock", "--listen", "tcp:127.0.0.1:10809", "--listen",
                   "tcp:[::1]:10810", "--qmp", "unix:/run/f.qmp", "--store-dir", "/var/tmp",
-                  "--tls", "off", "--tls-creds", "/etc/pki", "--tls-psk", "/etc/keys.psk",
+                  "--tls", "require", "--tls-creds", "/etc/pki", "--tls-psk", "/etc/keys.psk",
                   "--tls-verify-peer", "--tls-authz", "a,b", "--threads", "3", "--log-level",
                   "debug", "--max-connections", "7", "--handshake-timeout", "2"});
   REQUIRE(o.disks.size() == 2);
@@ -70,6 +70,7 @@ TEST_CASE("serve options: a full command line") {
   CHECK(o.tls.psk_file == "/etc/keys.psk");
   CHECK(o.tls.verify_peer);
   CHECK(o.tls.authz == "a,b");
+  CHECK(o.tls.mode == TlsSetting::require);
   CHECK(o.threads == 3);
   CHECK(effective_threads(o) == 3);
   CHECK(o.log_level == fleece::log::Level::debug);
@@ -110,8 +111,12 @@ TEST_CASE("serve options: every error names the problem") {
   CHECK(contains(error_of({"--qmp", "tcp:1.2.3.4:5"}), "only unix:PATH"));
   CHECK(contains(error_of({"--qmp", "unix:"}), "needs a path"));
   CHECK(contains(error_of({"--store-dir", ""}), "needs a directory"));
-  CHECK(contains(error_of({"--tls", "on"}), "not supported yet"));
-  CHECK(contains(error_of({"--tls", "require"}), "not supported yet"));
+  CHECK(contains(error_of({"--tls", "on"}), "--tls on needs credentials"));
+  CHECK(contains(error_of({"--tls", "require"}), "--tls require needs credentials"));
+  CHECK(contains(error_of({"--tls", "off", "--tls-psk", "/k"}), "--tls off, but TLS settings are given"));
+  CHECK(contains(error_of({"--tls", "on", "--tls-psk", "/k", "--tls-verify-peer"}), "needs --tls-creds DIR"));
+  CHECK(parse({"--tls-creds", "/etc/pki"}).tls.mode == TlsSetting::require);  // as qemu-nbd --tls-creds
+  CHECK(parse({"--tls", "on", "--tls-psk", "/k"}).tls.mode == TlsSetting::on);
   CHECK(contains(error_of({"--tls", "maybe"}), "expected off, on or require"));
   CHECK(contains(error_of({"--tls-verify-peer=yes"}), "takes no value"));
   CHECK(contains(error_of({"--threads", "0"}), "--threads: '0' is not a number from 1 to 64"));
