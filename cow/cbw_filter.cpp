@@ -465,16 +465,22 @@ Task<Result<SnapshotId>> CbwFilter::add_snapshot(std::shared_ptr<ClusterStore> s
 }
 
 Task<std::error_code> CbwFilter::remove_snapshot(SnapshotId id) {
+  std::shared_ptr<Snapshot> snap;
+  uint64_t clusters = 0;
   {
     auto admin = co_await admin_.lock_exclusive(0);
     std::lock_guard lk(mutex_);
-    auto snap = find_exported(id);
+    snap = find_exported(id);
     if (!snap) co_return std::make_error_code(std::errc::no_such_device);
     snap->exported = false;
     snap->needs.assign(clusters_, false);
+    clusters = clusters_;
     FLEECE_LOG_INFO("cbw", "snapshot {} stopped", id);
   }
-  co_await reap_zombies();
+  // Everything it read is released as by a discard of the whole disk: what
+  // nobody else reads is freed, and its store goes once nobody reads
+  // through it.
+  co_await release_clusters(snap, 0, clusters);
   co_return std::error_code{};
 }
 
@@ -621,20 +627,33 @@ Task<std::error_code> CbwFilter::discard_frozen(SnapshotId id, uint64_t offset, 
     // them for this snapshot.
     for (uint64_t c = first; c < end; ++c) snap->needs[c] = false;
   }
+  co_await release_clusters(snap, first, end);
+  co_return std::error_code{};
+}
+
+Task<void> CbwFilter::release_clusters(std::shared_ptr<Snapshot> snap, uint64_t first,
+                                       uint64_t end) {
   for (uint64_t c = first; c < end; ++c) {
-    // (2) Wait for reads that started before (1); keep copies off C.
+    // (2) Wait for reads that started before needs was cleared; keep copies
+    // off C meanwhile.
     auto guard = co_await locks_.lock_exclusive(c);
     std::shared_ptr<Snapshot> owner;
     {
       std::lock_guard lk(mutex_);
-      auto i = index_of(snap.get());
-      if (!i) break;
-      auto k = first_holder(*i, c);
-      if (k && chain_[*k]->store->state(c) == ClusterState::data && !store_has_readers(*k, c))
+      // A stopped snapshot may have left the chain meanwhile; its clusters
+      // were read from the stores above where it was (ids grow up the chain).
+      size_t i = 0;
+      while (i < chain_.size() && chain_[i]->id < snap->id) ++i;
+      auto k = first_holder(i, c);
+      // A stopped snapshot's store is left alone: it goes whole once
+      // nobody reads through it, cheaper than freeing it cluster by cluster.
+      if (k && chain_[*k]->exported && chain_[*k]->store->state(c) == ClusterState::data &&
+          !store_has_readers(*k, c))
         owner = chain_[*k];
     }
-    // (3) Free it when nobody reads it any more; it stays a zero cluster,
-    // so no qcow2 reader of that store falls through to newer data.
+    // (3) Free what the snapshot read if nobody reads it any more; it stays
+    // a zero cluster, so no qcow2 reader of that store falls through to
+    // newer data.
     if (!owner) continue;
     auto ec = co_await owner->store->discard(c);
     std::lock_guard lk(mutex_);
@@ -650,7 +669,6 @@ Task<std::error_code> CbwFilter::discard_frozen(SnapshotId id, uint64_t offset, 
     for (auto& s : chain_) zombies = zombies || !s->exported;
   }
   if (zombies) co_await reap_zombies();
-  co_return std::error_code{};
 }
 
 Task<std::error_code> CbwFilter::block_status_frozen(SnapshotId id, uint64_t offset,

@@ -34,8 +34,9 @@
 //
 // Snapshots are added with the write gate closed (close_gate() drains
 // in-flight guest writes and holds new ones): that instant is the snapshot's
-// point in time. remove_snapshot() stops the export; the store stays as a
-// hidden zombie while older snapshots still read through it.
+// point in time. remove_snapshot() stops the export and releases every
+// cluster the snapshot read as a discard would; its store stays as a hidden
+// zombie while older snapshots still read through it.
 //
 // Threading: any method may be called from any thread and executor; a
 // std::mutex guards the bitmaps and the chain and is never held across an
@@ -159,6 +160,10 @@ class CbwFilter final : public block::Device {
   block::Task<std::error_code> copy_cluster(const std::shared_ptr<Snapshot>& snap,
                                             uint64_t cluster);
   std::error_code give_up_on_copies(uint64_t first, uint64_t last, std::error_code why);
+  // Steps (2) and (3) of a discard for clusters [first, end) the snapshot
+  // no longer needs, then removal of stores nobody reads through.
+  block::Task<void> release_clusters(std::shared_ptr<Snapshot> snap, uint64_t first,
+                                     uint64_t end);
   block::Task<void> reap_zombies();
 
   // Helpers below run with mutex_ held; indexes are positions in chain_.

@@ -305,7 +305,50 @@ std::vector<std::byte> chain_view(World& w, const ModelSnap& s, uint64_t c,
   return {};
 }
 
+// Space: every data cluster of an open snapshot's store is read by some
+// snapshot that still needs it, and every stopped snapshot's store still
+// in the chain is read through by someone (else it should be gone).
+void verify_space(World& w) {
+  std::map<cow::ClusterStore*, std::vector<bool>> read;
+  std::map<cow::ClusterStore*, std::shared_ptr<cow::MemoryStore>> chain;
+  for (auto& s : w.snaps) {
+    for (uint64_t c = 0; c < w.clusters; ++c) {
+      std::shared_ptr<cow::MemoryStore> st = s->store;
+      for (int depth = 0; st && depth < 64; ++depth) {
+        chain[st.get()] = st;
+        if (st->state(c) != cow::ClusterState::absent) {
+          if (!s->discard[c]) {
+            auto& bits = read[st.get()];
+            bits.resize(w.clusters);
+            bits[c] = true;
+          }
+          break;
+        }
+        auto backing = st->backing();
+        auto name = backing.substr(0, backing.find(" ("));
+        st = name == "disk" ? nullptr : w.stores[name];
+      }
+    }
+  }
+  CHECK(chain.size() == w.filter->store_count());
+  for (auto& [raw, st] : chain) {
+    bool open = std::any_of(w.snaps.begin(), w.snaps.end(),
+                            [&](auto& s) { return s->store.get() == raw; });
+    auto& bits = read[raw];
+    bits.resize(w.clusters);
+    if (!open) {
+      CHECK_MESSAGE(std::find(bits.begin(), bits.end(), true) != bits.end(),
+                    "stopped store ", st->path(), " kept though nobody reads through it");
+      continue;
+    }
+    for (uint64_t c = 0; c < w.clusters; ++c)
+      if (st->state(c) == cow::ClusterState::data)
+        CHECK_MESSAGE(bits[c], "store ", st->path(), " keeps cluster ", c, " nobody reads");
+  }
+}
+
 Task<void> verify_quiescent(World& w) {
+  verify_space(w);
   auto disk = w.disk->contents();
   CHECK_MESSAGE(disk == w.live, "the live disk differs from the guest's writes");
   CHECK(w.at_disk == w.live);
