@@ -51,9 +51,17 @@ void Qcow2Refcounts::finish_load() {
     }
   }
   cursor_ = any ? last_used + 1 : 0;
+  // Free clusters are listed from the blocks that exist only: a hostile
+  // table with one block far out must not make this loop over a huge gap
+  // (clusters of ranges without a block are simply not reused).
   free_.clear();
-  for (uint64_t c = cursor_; c-- > 0;)
-    if (get(c << cluster_bits_) == 0) free_.push_back(c);
+  for (uint64_t b = blocks_.size(); b-- > 0;) {
+    if (!blocks_[b]) continue;
+    for (uint64_t i = entries_per_block_; i-- > 0;) {
+      const uint64_t c = b * entries_per_block_ + i;
+      if (c < cursor_ && get_in(*blocks_[b], i) == 0) free_.push_back(c);
+    }
+  }
 }
 
 uint64_t Qcow2Refcounts::block_count() const {

@@ -219,3 +219,23 @@ TEST_CASE("qcow2 random mutations never crash") {
   MESSAGE("mutated images that opened: " << opened << " of 3000");
   CHECK(opened > 0);
 }
+
+TEST_CASE("qcow2 a refcount block far beyond the file does not stall open") {
+  auto b = valid_image();
+  const uint64_t rt = load_be64(b.data() + 48);
+  // A second block, at refcount-table index 200 (clusters 409600+), whose
+  // last entry is in use: the image "ends" near 1.6 GiB.
+  const uint64_t block = b.size();
+  b.resize(b.size() + kCs);
+  put64(b, rt + 200 * 8, block);
+  store_be16(b.data() + block + kCs - 2, 1);
+  // It holds its own refcount? No: the refcount of `block` is in block 0.
+  const uint64_t block0 = load_be64(b.data() + rt);
+  store_be16(b.data() + block0 + (block / kCs) * 2, 1);
+  auto o = try_open(b);
+  CAPTURE(o.why);
+  REQUIRE(o.img);
+  std::vector<std::byte> data(kCs, std::byte(1));
+  CHECK(!run(o.img->write_cluster(30, data)));
+  CHECK(!run(o.img->flush()));
+}
