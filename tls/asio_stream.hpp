@@ -1,11 +1,12 @@
 // The STARTTLS upgrade of a connection, for the connection code only.
 //
 // This header pulls in Asio's ssl headers and OpenSSL; include it from
-// server/connection.cpp (and tests), nowhere else.
+// server/connection.cpp (and tests), nowhere else. The connection upgrades
+// in place with tls/upgradable_stream.hpp; a standalone stream works too:
 //
 //   auto creds = tls_context.current();          // keep it as long as the stream
 //   tls::Stream<tcp::socket> stream(std::move(socket), tls::asio_context(*creds));
-//   auto peer = co_await tls::accept(stream, "tcp:10.0.0.7:51234", 10s);
+//   auto peer = co_await tls::accept(stream, "10.0.0.7:51234", 10s);
 //   if (!peer) { close; }                        // already logged, naming the peer
 //   negotiator.on_tls_established(); ... serve over `stream` ...
 //
