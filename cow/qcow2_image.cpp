@@ -622,7 +622,9 @@ Task<std::error_code> Qcow2Image::write_partial_locked(uint64_t g, uint64_t in_c
     case EntryKind::unallocated: {
       const uint64_t start = g * cs;
       const uint64_t n = std::min(cs, header_.size - start);
-      if (auto ec = co_await read_backing(backing(), start, buf.span().first(n))) co_return ec;
+      // A named copy: GCC 12 may destroy temporaries of a co_await twice.
+      auto from = backing();
+      if (auto ec = co_await read_backing(from, start, buf.span().first(n))) co_return ec;
       break;
     }
   }
