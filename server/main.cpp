@@ -1,13 +1,12 @@
 // The `fleece` command: dispatches to `serve` (here) and `ctl` (server/ctl.hpp).
+#include "server/ctl.hpp"
 #include "server/notify.hpp"
 #include "server/options.hpp"
+#include "server/qmp_commands.hpp"
+#include "server/qmp_events.hpp"
+#include "server/qmp_server.hpp"
 #include "server/server.hpp"
 #include "util/log.hpp"
-
-#if __has_include("server/ctl.hpp")
-#include "server/ctl.hpp"
-#define FLEECE_HAVE_CTL 1
-#endif
 
 #include <csignal>
 #include <cstdio>
@@ -39,11 +38,22 @@ int run_serve(int argc, char** argv) {
     auto options = fleece::server::parse_serve_options(args, !activated);
     fleece::log::set_level(options.log_level);
     fleece::server::Server server(std::move(options));
-    return server.run([] {
+    // Declared after the server so it is destroyed first, while the
+    // server's event hooks that point at it are still in place.
+    auto commands = fleece::server::make_qmp_command_table(
+        {&server.disks(), &server.registry(), [&server] { server.stop(); }});
+    fleece::server::QmpServer qmp(server.control_context(), commands,
+                                  {.socket_path = server.options().qmp_path});
+    std::string qmp_error;
+    if (qmp.start(&qmp_error)) throw fleece::server::StartupError(qmp_error);
+    server.set_events(fleece::server::qmp_client_events(qmp));
+    int status = server.run([] {
       std::fputs("fleece: ready\n", stdout);
       std::fflush(stdout);
       fleece::server::sd_notify("READY=1");
     });
+    qmp.stop();
+    return status;
   } catch (const fleece::server::StartupError& e) {
     std::fprintf(stderr, "fleece: %s\n", e.what());
     return 1;
@@ -64,12 +74,7 @@ int main(int argc, char** argv) {
   std::string command = argv[1];
   if (command == "serve") return run_serve(argc - 2, argv + 2);
   if (command == "ctl") {
-#ifdef FLEECE_HAVE_CTL
     return fleece::server::run_ctl(argc - 1, argv + 1);  // argv[0] is "ctl"
-#else
-    std::fputs("fleece: ctl is not built in\n", stderr);
-    return 2;
-#endif
   }
   if (command == "--help" || command == "-h" || command == "help") {
     usage(stdout);
