@@ -66,7 +66,7 @@ struct Engine::Impl {
   std::shared_ptr<server::EmbedCore> core = std::make_shared<server::EmbedCore>();
   std::unique_ptr<server::Server> server;          // owned threads
   std::shared_ptr<server::HostedServer> hosted;    // the host's context
-  boost::asio::io_context* control = nullptr;      // where a blocking wait() would deadlock
+  boost::asio::io_context* control = nullptr;      // where a blocking wait() would deadlock; dead once finished
 
   std::vector<std::string> addresses;  // kept: they outlive the server
   std::vector<uint16_t> ports;
@@ -220,8 +220,14 @@ void Engine::wait() {
     s.hosted->wait();
     return;
   }
-  if (s.control && s.control->get_executor().running_in_this_thread()) {
-    throw std::logic_error("fleece::Engine::wait() called on one of the engine's own threads");
+  {
+    // teardown() sets finished before it destroys the context: checked
+    // under this lock, the context is alive.
+    std::lock_guard lock(s.mutex);
+    if (s.finished) return;
+    if (s.control->get_executor().running_in_this_thread()) {
+      throw std::logic_error("fleece::Engine::wait() called on one of the engine's own threads");
+    }
   }
   std::lock_guard waiting(s.wait_mutex);
   {
