@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -214,6 +215,58 @@ Task<std::error_code> write_all(int fd, std::span<const std::byte> buf, uint64_t
     }
     if (*r == 0) co_return std::make_error_code(std::errc::no_space_on_device);
     done += *r;
+  }
+  co_return std::error_code{};
+}
+
+namespace {
+
+int64_t monotonic_ns() {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// One inline attempt for write_all_cached: bytes written, or -errno; -EAGAIN
+// when the write must go asynchronous.
+int64_t try_write_inline(int fd, std::span<const std::byte> buf, uint64_t offset, int rw_flags,
+                         CachedWriteState& state) {
+  if (rw_flags & RWF_DSYNC) return -EAGAIN;
+  iovec v{const_cast<std::byte*>(buf.data()), buf.size()};
+  if (!state.nowait_refused.load(std::memory_order_relaxed)) {
+    ssize_t n = ::pwritev2(fd, &v, 1, static_cast<off_t>(offset), rw_flags | RWF_NOWAIT);
+    if (n >= 0) return n;
+    int e = errno;
+    if (e != EOPNOTSUPP && e != EINVAL) return e == EAGAIN ? -EAGAIN : -e;
+    state.nowait_refused.store(true, std::memory_order_relaxed);
+  }
+  if (buf.size() > kInlineWriteMax) return -EAGAIN;
+  int64_t start = monotonic_ns();
+  if (start < state.inline_resume_ns.load(std::memory_order_relaxed)) return -EAGAIN;
+  ssize_t n = ::pwritev2(fd, &v, 1, static_cast<off_t>(offset), rw_flags);
+  int e = errno;
+  int64_t end = monotonic_ns();
+  if (end - start > kInlineWriteSlowNs)
+    state.inline_resume_ns.store(end + kInlineWriteBackoffNs, std::memory_order_relaxed);
+  return n >= 0 ? n : -e;
+}
+
+}  // namespace
+
+Task<std::error_code> write_all_cached(int fd, std::span<const std::byte> buf, uint64_t offset,
+                                       int rw_flags, CachedWriteState& state) {
+  std::size_t done = 0;
+  while (done < buf.size()) {
+    auto rest = buf.subspan(done);
+    int64_t n = try_write_inline(fd, rest, offset + done, rw_flags, state);
+    if (n == -EINTR) continue;
+    if (n == -EAGAIN) {
+      // The rest goes the asynchronous way.
+      co_return co_await write_all(fd, rest, offset + done, rw_flags);
+    }
+    if (n < 0) co_return errno_code(static_cast<int>(-n));
+    if (n == 0) co_return std::make_error_code(std::errc::no_space_on_device);
+    done += static_cast<std::size_t>(n);
   }
   co_return std::error_code{};
 }

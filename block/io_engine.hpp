@@ -31,6 +31,7 @@
 
 #include <sys/uio.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -69,6 +70,31 @@ Task<Result<std::size_t>> pwrite(int fd, std::span<const std::byte> buf, uint64_
 // calling thread first, so a page-cache hit costs one syscall and no
 // hand-off; goes asynchronous only for the part not in the cache.
 Task<Result<std::size_t>> pread_cached(int fd, std::span<std::byte> buf, uint64_t offset);
+
+// What write_all_cached learnt about one buffered fd. Shared by every
+// coroutine writing to that fd; all members are updated with relaxed atomics.
+struct CachedWriteState {
+  std::atomic<bool> nowait_refused{false};     // the fs has no RWF_NOWAIT buffered writes (ext4)
+  std::atomic<int64_t> inline_resume_ns{0};    // no blocking inline write before this time
+};
+
+// write_all for buffered (not O_DIRECT) fds, the counterpart of pread_cached:
+// the data goes into the page cache on the calling thread when that cannot
+// wait, so a write costs one syscall and no hand-off to a kernel worker
+// (io_uring punts buffered writes the fs cannot do without blocking to
+// io-wq threads, one at a time per file).
+//  * pwritev2(RWF_NOWAIT) first; EAGAIN goes asynchronous.
+//  * where the fs refuses RWF_NOWAIT for buffered writes (ext4), a plain
+//    pwritev2 on the calling thread for writes up to kInlineWriteMax, as
+//    long as such writes return quickly: one that took longer than
+//    kInlineWriteSlowNs (dirty-page throttling, journal wait) sends the
+//    writes of the next kInlineWriteBackoffNs to the asynchronous path.
+//  * RWF_DSYNC writes (FUA) wait for the disk: always asynchronous.
+inline constexpr std::size_t kInlineWriteMax = 256 * 1024;
+inline constexpr int64_t kInlineWriteSlowNs = 1'000'000;
+inline constexpr int64_t kInlineWriteBackoffNs = 100'000'000;
+Task<std::error_code> write_all_cached(int fd, std::span<const std::byte> buf, uint64_t offset,
+                                       int rw_flags, CachedWriteState& state);
 
 // Whole-range helpers: loop on short transfers. read_exact fills the bytes
 // past end of file with zeroes (a device reads as zeroes beyond its data).

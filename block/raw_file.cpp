@@ -121,7 +121,9 @@ class RawFile final : public Device {
   Task<std::error_code> write(uint64_t offset, std::span<const std::byte> data,
                               WriteFlags flags) override {
     if (read_only_) co_return std::make_error_code(std::errc::read_only_file_system);
-    auto ec = co_await io::write_all(fd_.get(), data, offset, flags.fua ? RWF_DSYNC : 0);
+    const int rw_flags = flags.fua ? RWF_DSYNC : 0;
+    auto ec = direct_ ? co_await io::write_all(fd_.get(), data, offset, rw_flags)
+                      : co_await io::write_all_cached(fd_.get(), data, offset, rw_flags, write_state_);
     if (!ec) grew_to(offset + data.size());
     co_return ec;
   }
@@ -310,6 +312,7 @@ class RawFile final : public Device {
   std::atomic<bool> punch_ok_;
   std::atomic<bool> zero_range_ok_;
   std::atomic<bool> seek_ok_{true};
+  io::CachedWriteState write_state_;
 };
 
 std::string open_error_message(const std::string& path, int e, const RawFileOptions& o) {

@@ -6,7 +6,9 @@
 //  * read: fills the whole span (loops on short reads; bytes past end of
 //    file read as zeroes). In writeback mode a page-cache hit is served by
 //    one preadv2(RWF_NOWAIT) on the calling thread.
-//  * write: FUA = RWF_DSYNC on that write. flush = fdatasync.
+//  * write: FUA = RWF_DSYNC on that write. flush = fdatasync. In writeback
+//    mode a write that need not wait goes into the page cache on the calling
+//    thread (io::write_all_cached).
 //  * trim: punches a hole (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE) in a regular
 //    file; BLKDISCARD on a block device that supports discard.
 //  * write_zeroes: may_trim -> punch hole; else FALLOC_FL_ZERO_RANGE, else
