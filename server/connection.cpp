@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -42,6 +43,16 @@ constexpr size_t kMaxIov = 512;                 // pieces per gathered write (IO
 constexpr size_t kKeepBufferMax = 4u << 20;     // larger job buffers are not kept for reuse
 
 inline auto redirect(error_code& ec) { return asio::redirect_error(asio::use_awaitable, ec); }
+
+// Completion condition for async_write/async_read of large buffers: Asio's
+// transfer_all lets each write_some/read_some move at most 64 KiB, so a
+// 256 KiB READ reply took four sendmsg calls and four turns of the loop.
+// This one lets the kernel take as much as it will in one call.
+struct TransferAllUnbounded {
+  std::size_t operator()(const error_code& ec, std::size_t) const {
+    return ec ? 0 : std::numeric_limits<std::size_t>::max();
+  }
+};
 
 // A 4096-aligned buffer that grows and is reused (O_DIRECT needs alignment).
 struct AlignedBuffer {
@@ -355,7 +366,8 @@ class Connection final : public ConnectionHandle,
     std::memcpy(out, read_buffer_.data() + read_pos_, have);
     read_pos_ = read_end_ = 0;
     error_code ec;
-    co_await asio::async_read(stream_, asio::buffer(out + have, n - have), redirect(ec));
+    co_await asio::async_read(stream_, asio::buffer(out + have, n - have), TransferAllUnbounded{},
+                              redirect(ec));
     co_return !ec;
   }
 
@@ -458,7 +470,7 @@ class Connection final : public ConnectionHandle,
         ready_.pop_front();
       }
       error_code ec;
-      co_await asio::async_write(stream_, iov, redirect(ec));
+      co_await asio::async_write(stream_, iov, TransferAllUnbounded{}, redirect(ec));
       for (Job* job : batch) release(job);
       budget_wake_.cancel();
       if (ec) {
