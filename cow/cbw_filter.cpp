@@ -37,6 +37,11 @@ struct CbwFilter::Snapshot {
   uint64_t freed_clusters = 0;
 };
 
+struct CbwFilter::BackgroundCopy {
+  std::shared_ptr<CopyOutcome> outcome;
+  WriteGate::Ticket ticket;  // keeps close_gate() waiting for the copies
+};
+
 struct CbwFilter::CopyPlan {
   std::shared_ptr<Snapshot> target;  // St_m: receives the old data
   std::shared_ptr<Snapshot> newest;  // St_n: to be marked zero (it must not fall through)
@@ -66,9 +71,9 @@ class CbwFilter::CopyOutcome : public std::enable_shared_from_this<CopyOutcome> 
   }
 
   Task<void> wait() {
-    auto self = shared_from_this();
-    co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(
-        [self](auto handler) {
+    // The initiation is a named variable: GCC 12 destroys a temporary inside
+    // a co_await expression twice, which here would drop `self` twice.
+    auto initiation = [self = shared_from_this()](auto handler) {
           auto slot = asio::get_associated_cancellation_slot(handler);
           Resumer r(std::move(handler));
           std::unique_lock lk(self->mutex_);
@@ -81,8 +86,9 @@ class CbwFilter::CopyOutcome : public std::enable_shared_from_this<CopyOutcome> 
             slot.assign([self](asio::cancellation_type) { self->wake_waiter(); });
           }
           self->waiter_ = std::move(r);
-        },
-        asio::use_awaitable);
+        };
+    co_await asio::async_initiate<const asio::use_awaitable_t<>, void()>(initiation,
+                                                                        asio::use_awaitable);
   }
 
  private:
@@ -265,17 +271,21 @@ Task<std::error_code> CbwFilter::before_write(uint64_t offset, uint64_t length,
   // gate, so no snapshot starts under them) while the writer may give up.
   auto outcome = std::make_shared<CopyOutcome>();
   auto ex = co_await asio::this_coro::executor;
-  asio::co_spawn(
-      ex,
-      [this, outcome, first, last, t = gate_.share(ticket)]() -> Task<void> {
-        outcome->complete(co_await preserve_range(first, last));
-      },
-      asio::detached);
+  // The outcome and the ticket reach the copy task in one heap object it owns.
+  auto* hand_over = new BackgroundCopy{outcome, gate_.share(ticket)};
+  asio::co_spawn(ex, copy_in_background(hand_over, first, last), asio::detached);
   using namespace asio::experimental::awaitable_operators;
   asio::steady_timer timer(ex, timeout);
   co_await (outcome->wait() || timer.async_wait(asio::as_tuple(asio::use_awaitable)));
   if (auto done = outcome->result()) co_return *done;
   co_return give_up_on_copies(first, last, make_error_code(Errc::cbw_timeout));
+}
+
+Task<void> CbwFilter::copy_in_background(BackgroundCopy* hand_over, uint64_t first,
+                                          uint64_t last) {
+  std::unique_ptr<BackgroundCopy> job(hand_over);
+  auto ec = co_await preserve_range(first, last);
+  job->outcome->complete(ec);
 }
 
 std::error_code CbwFilter::give_up_on_copies(uint64_t first, uint64_t last, std::error_code why) {

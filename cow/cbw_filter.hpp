@@ -41,6 +41,10 @@
 // Threading: any method may be called from any thread and executor; a
 // std::mutex guards the bitmaps and the chain and is never held across an
 // await. Cluster locks are the only locks held across I/O.
+//
+// Lifetime: a copy that outlived its writer's cbw-timeout keeps running
+// (holding the gate). Destroy the filter only when no operation is in
+// flight: after close_gate() has completed and frozen reads have drained.
 #pragma once
 
 #include "block/device.hpp"
@@ -152,10 +156,14 @@ class CbwFilter final : public block::Device {
   struct Snapshot;
   struct CopyPlan;
   class CopyOutcome;
+  struct BackgroundCopy;
 
   block::Task<std::error_code> before_write(uint64_t offset, uint64_t length,
                                             const WriteGate::Ticket& ticket);
   block::Task<std::error_code> preserve_range(uint64_t first, uint64_t last);
+  // A writer's copies, spawned so it can stop waiting at cbw-timeout; the
+  // ticket keeps the gate from closing until they are done.
+  block::Task<void> copy_in_background(BackgroundCopy* hand_over, uint64_t first, uint64_t last);
   block::Task<std::error_code> preserve_cluster(uint64_t cluster);
   block::Task<std::error_code> copy_cluster(const std::shared_ptr<Snapshot>& snap,
                                             uint64_t cluster);

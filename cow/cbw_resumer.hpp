@@ -14,6 +14,8 @@
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -28,7 +30,11 @@ class Resumer {
   template <class Handler>
   explicit Resumer(Handler&& handler)
       : executor_(boost::asio::get_associated_executor(handler)) {
-    handler_.emplace(std::forward<Handler>(handler));
+    // An unconnected slot: any_completion_handler would otherwise install
+    // its own handler in the coroutine's cancellation slot, clobbering (or
+    // being clobbered by) one a waiter installs there itself.
+    handler_.emplace(boost::asio::bind_cancellation_slot(boost::asio::cancellation_slot(),
+                                                         std::forward<Handler>(handler)));
   }
 
   // Boost 1.81's any_completion_handler move assignment wraps instead of

@@ -71,12 +71,18 @@ void MemoryStore::hold_reads(bool hold) {
   for (auto& r : wake) r.resume();
 }
 
+void MemoryStore::fail_randomly(uint32_t one_in) {
+  std::lock_guard lk(mutex_);
+  fail_one_in_ = one_in;
+}
+
 std::error_code MemoryStore::take_failure() {
   std::lock_guard lk(mutex_);
   if (fail_count_ > 0) {
     --fail_count_;
     return fail_error_;
   }
+  if (fail_one_in_ && rng_() % fail_one_in_ == 0) return std::make_error_code(std::errc::io_error);
   return {};
 }
 

@@ -1,7 +1,7 @@
 // MemoryStore: a ClusterStore held in memory, for tests of copy-before-write.
 //
 // Fault injection and timing: fail_next_writes(n, ec) makes the next n
-// write_cluster / mark_zero calls fail; set_write_delay(lo, hi) makes every
+// write_cluster / mark_zero calls fail, fail_randomly() some of them; set_write_delay(lo, hi) makes every
 // write_cluster / mark_zero / discard / read wait a random time in [lo, hi]
 // (a seeded generator, so a failing interleaving can be replayed);
 // set_hold(true) parks every write_cluster until set_hold(false), which lets
@@ -46,6 +46,9 @@ class MemoryStore final : public ClusterStore {
 
   // Fault injection and timing.
   void fail_next_writes(int n, std::error_code ec = std::make_error_code(std::errc::io_error));
+  // Each later write_cluster / mark_zero fails with EIO with probability
+  // 1/one_in (0: never), drawn from the delay generator.
+  void fail_randomly(uint32_t one_in);
   void set_write_delay(std::chrono::microseconds lo, std::chrono::microseconds hi,
                        uint64_t seed = 1);
   void set_hold(bool hold);        // parks write_cluster calls
@@ -72,6 +75,7 @@ class MemoryStore final : public ClusterStore {
   std::vector<ClusterState> states_;
   std::string backing_;
   int fail_count_ = 0;
+  uint32_t fail_one_in_ = 0;
   std::error_code fail_error_;
   std::chrono::microseconds delay_lo_{0}, delay_hi_{0};
   std::mt19937_64 rng_;
