@@ -135,6 +135,9 @@ TEST_CASE("chain snapshot: under concurrent writes through a write gate") {
         auto ec = co_await filter->write(off, data, {});
         REQUIRE(!ec);
         std::copy(data.begin(), data.end(), r.model.begin() + std::ptrdiff_t(off));
+        // Cached writes may complete without suspending; yield so the timer
+        // that takes the snapshot (and sets stop) gets to run.
+        co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
       }
       ++writers_done;
     };
