@@ -316,7 +316,11 @@ class Connection final : public ConnectionHandle,
     device_ = export_->device().get();
     structured_ = session_.structured_replies;
     for (const auto& context : session_.contexts) {
-      if (context.name == nbd::kContextBaseAllocation) base_allocation_id_ = context.id;
+      if (context.name == nbd::kContextBaseAllocation) {
+        contexts_.push_back({context.id, nullptr});
+      } else if (auto source = export_->meta_context(context.name)) {
+        contexts_.push_back({context.id, std::move(source)});
+      }
     }
     auto executor = stream_.get_executor();
     client_id_ = settings_.registry->attach_client(
@@ -649,28 +653,48 @@ class Connection final : public ConnectionHandle,
     co_return ec;
   }
 
+  // One chunk per negotiated context, the last one flagged DONE. Every
+  // context is asked before anything is encoded, so a failure of any of
+  // them is one clean error reply.
   awaitable<std::error_code> block_status(Job& job) {
     const auto& r = job.request;
-    job.extents.clear();
-    std::error_code ec = co_await device_->block_status(r.offset, r.length, job.extents);
-    if (ec) co_return ec;
+    if (contexts_.empty()) {
+      reply_error(job, nbd::kEINVAL, "no metadata context negotiated");
+      co_return std::error_code{};
+    }
+    const bool req_one = (r.flags & nbd::kCmdFlagReqOne) != 0;
+    std::vector<std::vector<nbd::StatusExtent>> answers;
+    answers.reserve(contexts_.size());
     std::vector<nbd::RawExtent> raw;
-    raw.reserve(job.extents.size());
-    for (const auto& e : job.extents) {
+    for (const auto& [id, source] : contexts_) {
+      raw.clear();
+      std::error_code ec;
+      if (source) ec = co_await source->extents(r.offset, r.length, raw);
+      else ec = co_await base_allocation(r.offset, r.length, job.extents, raw);
+      if (ec) co_return ec;
+      if (raw.empty()) raw.push_back({r.length, 0});
+      answers.push_back(nbd::shape_extents(raw, r.length, req_one));
+    }
+    for (size_t i = 0; i < contexts_.size(); ++i) {
+      const uint16_t flags = i + 1 == contexts_.size() ? nbd::kReplyFlagDone : 0;
+      job.add_head(nbd::encode_block_status_chunk(flags, r.cookie, contexts_[i].first, answers[i]));
+    }
+    co_return std::error_code{};
+  }
+
+  awaitable<std::error_code> base_allocation(uint64_t offset, uint64_t length,
+                                             std::vector<block::Extent>& scratch,
+                                             std::vector<nbd::RawExtent>& out) {
+    scratch.clear();
+    std::error_code ec = co_await device_->block_status(offset, length, scratch);
+    if (ec) co_return ec;
+    out.reserve(scratch.size());
+    for (const auto& e : scratch) {
       uint32_t flags = 0;
       if (e.flags & block::kExtentHole) flags |= nbd::kStateHole;
       if (e.flags & block::kExtentZero) flags |= nbd::kStateZero;
-      raw.push_back({e.length, flags});
+      out.push_back({e.length, flags});
     }
-    if (raw.empty()) raw.push_back({r.length, 0});
-    bool req_one = (r.flags & nbd::kCmdFlagReqOne) != 0;
-    auto shaped = nbd::shape_extents(raw, r.length, req_one);
-    // Only base:allocation is offered, so there is one chunk, and it is the last.
-    if (base_allocation_id_ == 0) {
-      reply_error(job, nbd::kEINVAL, "no metadata context negotiated");
-      co_return ec;
-    }
-    job.add_head(nbd::encode_block_status_chunk(nbd::kReplyFlagDone, r.cookie, base_allocation_id_, shaped));
     co_return ec;
   }
 
@@ -718,7 +742,8 @@ class Connection final : public ConnectionHandle,
   std::shared_ptr<Export> export_;
   block::Device* device_ = nullptr;
   bool structured_ = false;
-  uint32_t base_allocation_id_ = 0;
+  // Negotiated contexts by id; nullptr stands for base:allocation.
+  std::vector<std::pair<uint32_t, std::shared_ptr<MetaContext>>> contexts_;
   uint64_t client_id_ = 0;
 
   std::vector<uint8_t> read_buffer_;

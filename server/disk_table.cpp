@@ -1,7 +1,11 @@
 #include "server/disk_table.hpp"
 
-#include "block/raw_file.hpp"
+#include "cow/backing_chain.hpp"
+#include "cow/cbw_filter.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
 #include <fmt/format.h>
 
 namespace fleece::server {
@@ -36,34 +40,50 @@ std::vector<Disk> DiskTable::list() const {
   return out;
 }
 
-Result<std::shared_ptr<block::Device>> open_disk(const DiskSpec& spec, std::string* message) {
+namespace {
+
+std::string hint_for(const DiskSpec& spec, std::error_code ec) {
+  if (ec == std::errc::permission_denied || ec == std::errc::read_only_file_system) {
+    return spec.read_only ? "check the file's permissions" : "check the permissions, or add ,readonly";
+  }
+  if (ec == std::errc::invalid_argument && spec.cache == CacheMode::none) {
+    return "the file system may not support O_DIRECT; try cache=writeback";
+  }
+  if (ec == std::errc::is_a_directory) return "give a file or a block device";
+  return "check the path";
+}
+
+// Runs BackingChain::open to completion on a private event loop.
+Result<std::shared_ptr<cow::BackingChain>> open_chain(const DiskSpec& spec, std::string* why) {
+  namespace asio = boost::asio;
+  asio::io_context io;
+  const std::string format = spec.format == DiskFormat::qcow2 ? "qcow2" : "raw";
+  cow::ChainOpenOptions options{.read_only = spec.read_only, .direct = spec.cache == CacheMode::none};
+  auto done = asio::co_spawn(io, cow::BackingChain::open(spec.path, format, options, why), asio::use_future);
+  io.run();
+  return done.get();
+}
+
+}  // namespace
+
+Result<Disk> open_disk(const DiskSpec& spec, std::string* message) {
   auto say = [&](std::string text) {
     if (message) *message = std::move(text);
   };
-  if (spec.format != DiskFormat::raw) {
-    say(fmt::format("disk {}: format qcow2 is not supported yet; use a raw image", spec.name));
-    return std::make_error_code(std::errc::not_supported);
-  }
-  block::RawFileOptions options;
-  options.read_only = spec.read_only;
-  options.direct = spec.cache == CacheMode::none;
   std::string detail;
-  auto device = block::open_raw_file(spec.path, options, &detail);
-  if (!device) {
-    std::error_code ec = device.error();
-    std::string hint = "check the path";
-    if (ec == std::errc::permission_denied || ec == std::errc::read_only_file_system) {
-      hint = spec.read_only ? "check the file's permissions" : "check the permissions, or add ,readonly";
-    } else if (ec == std::errc::invalid_argument && spec.cache == CacheMode::none) {
-      hint = "the file system may not support O_DIRECT; try cache=writeback";
-    } else if (ec == std::errc::is_a_directory) {
-      hint = "give a file or a block device";
-    }
+  auto chain = open_chain(spec, &detail);
+  if (!chain) {
+    std::error_code ec = chain.error();
     if (!detail.empty()) say(fmt::format("disk {}: {}", spec.name, detail));
-    else say(fmt::format("disk {}: cannot open '{}': {} ({})", spec.name, spec.path, ec.message(), hint));
+    else say(fmt::format("disk {}: cannot open '{}': {} ({})", spec.name, spec.path, ec.message(), hint_for(spec, ec)));
     return ec;
   }
-  return device;
+  Disk disk{spec.name, spec, *chain, nullptr, nullptr};
+  cow::CbwFilterOptions filter_options{.disk_path = spec.path,
+                                       .disk_format = spec.format == DiskFormat::qcow2 ? "qcow2" : "raw"};
+  disk.filter = std::make_shared<cow::CbwFilter>(disk.chain->device(), std::move(filter_options));
+  disk.device = disk.filter;
+  return disk;
 }
 
 }  // namespace fleece::server

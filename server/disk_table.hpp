@@ -4,6 +4,15 @@
 // opens a disk, nbd-server-add exports one (possibly under another name, or
 // a frozen view of it). `fleece serve --disk NAME=...` does both.
 // Thread-safe.
+//
+// Every disk is opened the same way, raw or qcow2, so that fleecing and
+// chain operations work on any of them:
+//
+//   export -> CbwFilter (copy-before-write, its write gate) -> BackingChain
+//             device (follows the active layer) -> the image files
+//
+// The CbwFilter costs one gate ticket and one bitmap test per write while no
+// fleece is open; reads pass straight through.
 #pragma once
 
 #include "block/device.hpp"
@@ -19,12 +28,19 @@
 #include <system_error>
 #include <vector>
 
+namespace fleece::cow {
+class BackingChain;
+class CbwFilter;
+}  // namespace fleece::cow
+
 namespace fleece::server {
 
 struct Disk {
   std::string name;  // node name
   DiskSpec spec;     // path, format, readonly, cache
-  std::shared_ptr<block::Device> device;
+  std::shared_ptr<cow::BackingChain> chain;  // the image and its backing files
+  std::shared_ptr<cow::CbwFilter> filter;    // over chain->device(); fleeces hook in here
+  std::shared_ptr<block::Device> device;     // what exports serve: the filter
 };
 
 class DiskTable {
@@ -39,9 +55,11 @@ class DiskTable {
   std::map<std::string, Disk, std::less<>> disks_;
 };
 
-// Opens the device a DiskSpec describes (raw files only, so far).
+// Opens the image a DiskSpec describes with its backing chain and stacks the
+// filter on it. Blocks for the header reads of the chain (quick: a few small
+// reads per layer), so callers on an event loop may call it directly.
 // On failure: the error code, and a one-line message naming the disk, the
 // path and what to do.
-Result<std::shared_ptr<block::Device>> open_disk(const DiskSpec& spec, std::string* message);
+Result<Disk> open_disk(const DiskSpec& spec, std::string* message);
 
 }  // namespace fleece::server

@@ -268,10 +268,10 @@ Disk Engine::open_disk(const DiskOptions& options, Error* error_out) {
     return fail(error(std::errc::file_exists, fmt::format("disk {}: the name is in use; close it first or pick another", spec.name)));
   }
   std::string message;
-  auto device = server::open_disk(spec, &message);
-  if (!device) return fail(Error{device.error(), message});
-  const uint64_t size = (*device)->size();
-  if (disks->add(server::Disk{spec.name, spec, *device})) {
+  auto disk = server::open_disk(spec, &message);
+  if (!disk) return fail(Error{disk.error(), message});
+  const uint64_t size = disk->device->size();
+  if (disks->add(std::move(*disk))) {
     return fail(error(std::errc::file_exists, fmt::format("disk {}: the name is in use; close it first or pick another", spec.name)));
   }
   FLEECE_LOG_INFO("embed", "disk {}: {} ({} bytes{})", spec.name, spec.path, size, spec.read_only ? ", read-only" : "");

@@ -7,12 +7,20 @@
 namespace fleece::server {
 
 Export::Export(std::string name, std::shared_ptr<block::Device> device, bool writable,
-               std::string description, std::string disk_name)
+               std::string description, std::string disk_name, MetaContexts contexts)
     : name_(std::move(name)),
       device_(std::move(device)),
       writable_(writable && !device_->capabilities().read_only),
       description_(std::move(description)),
-      disk_name_(std::move(disk_name)) {}
+      disk_name_(std::move(disk_name)),
+      contexts_(std::move(contexts)) {}
+
+std::shared_ptr<MetaContext> Export::meta_context(std::string_view name) const {
+  for (const auto& c : contexts_) {
+    if (c->name() == name) return c;
+  }
+  return nullptr;
+}
 
 nbd::ExportInfo Export::info() const {
   const block::Capabilities caps = device_->capabilities();
@@ -39,17 +47,21 @@ nbd::ExportInfo Export::info() const {
   info.preferred_block = std::max<uint32_t>({caps.preferred_block, info.min_block, 512});
   info.max_block = std::max(std::min<uint32_t>(caps.max_block, nbd::kMaxPayload), info.preferred_block);
   info.meta_contexts = {nbd::kContextBaseAllocation};
+  for (const auto& c : contexts_) info.meta_contexts.push_back(c->name());
   return info;
 }
 
 std::error_code ExportRegistry::add(std::string name, std::shared_ptr<block::Device> device,
                                     bool writable, std::string description,
-                                    std::string disk_name) {
+                                    std::string disk_name, MetaContexts contexts) {
   if (!device || name.size() > nbd::kMaxStringLength || description.size() > nbd::kMaxStringLength) {
     return std::make_error_code(std::errc::invalid_argument);
   }
+  for (const auto& c : contexts) {
+    if (!c) return std::make_error_code(std::errc::invalid_argument);
+  }
   auto entry = std::make_shared<Export>(name, std::move(device), writable, std::move(description),
-                                        std::move(disk_name));
+                                        std::move(disk_name), std::move(contexts));
   std::lock_guard lock(mutex_);
   if (exports_.contains(name)) return std::make_error_code(std::errc::file_exists);
   if (exports_.empty()) first_added_ = name;

@@ -16,6 +16,7 @@
 #include "block/device.hpp"
 #include "nbd/export_info.hpp"
 #include "server/export_stats.hpp"
+#include "server/meta_context.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -31,16 +32,21 @@
 
 namespace fleece::server {
 
+using MetaContexts = std::vector<std::shared_ptr<MetaContext>>;
+
 class Export {
  public:
   Export(std::string name, std::shared_ptr<block::Device> device, bool writable,
-         std::string description, std::string disk_name);
+         std::string description, std::string disk_name, MetaContexts contexts = {});
 
   const std::string& name() const { return name_; }
   const std::string& description() const { return description_; }
   const std::string& disk_name() const { return disk_name_; }  // DiskTable key, may be ""
   bool writable() const { return writable_; }
   const std::shared_ptr<block::Device>& device() const { return device_; }
+  // Contexts besides base:allocation, by full name (nullptr if not offered).
+  const MetaContexts& meta_contexts() const { return contexts_; }
+  std::shared_ptr<MetaContext> meta_context(std::string_view name) const;
   ExportStats& stats() { return stats_; }
   const ExportStats& stats() const { return stats_; }
 
@@ -54,6 +60,7 @@ class Export {
   bool writable_;
   std::string description_;
   std::string disk_name_;
+  MetaContexts contexts_;
   ExportStats stats_;
 };
 
@@ -76,7 +83,8 @@ class ExportRegistry final : public nbd::ExportCatalog {
   // errc::file_exists if the name is taken; errc::invalid_argument for a
   // name longer than the NBD string limit or a null device.
   std::error_code add(std::string name, std::shared_ptr<block::Device> device, bool writable,
-                      std::string description = {}, std::string disk_name = {});
+                      std::string description = {}, std::string disk_name = {},
+                      MetaContexts contexts = {});
   // errc::no_such_device_or_address if unknown; device_or_resource_busy
   // for a safe removal with clients attached.
   std::error_code remove(std::string_view name, RemoveMode mode);

@@ -67,10 +67,9 @@ DiskSpec parse_disk_spec(std::string_view text) {
       if (value == "raw") {
         disk.format = DiskFormat::raw;
       } else if (value == "qcow2") {
-        fail(fmt::format("--disk {}: format=qcow2 is not supported yet; use a raw image "
-                         "(qemu-img convert -O raw)", disk.name));
+        disk.format = DiskFormat::qcow2;
       } else {
-        fail(fmt::format("--disk {}: unknown format '{}'; use format=raw", disk.name, value));
+        fail(fmt::format("--disk {}: unknown format '{}'; use format=raw or format=qcow2", disk.name, value));
       }
     } else if (key == "readonly" || key == "read-only") {
       if (peq != std::string_view::npos && value != "on" && value != "true" && value != "off" &&

@@ -57,11 +57,11 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
                if (disks->find(spec.name)) {
                  co_return QmpError::generic(fmt::format("Duplicate nodes with node-name='{}'", spec.name));
                }
-               // Opening is one open(2) and an fstat: quick enough for the QMP strand.
+               // Opening reads a few headers per layer: quick enough for the QMP strand.
                std::string message;
-               auto device = open_disk(spec, &message);
-               if (!device) co_return QmpError::generic(message);
-               if (auto ec = disks->add(Disk{spec.name, spec, *device})) {
+               auto disk = open_disk(spec, &message);
+               if (!disk) co_return QmpError::generic(message);
+               if (auto ec = disks->add(std::move(*disk))) {
                  co_return QmpError::generic(fmt::format("Duplicate nodes with node-name='{}'", spec.name));
                }
                FLEECE_LOG_INFO("qmp", "blockdev-add {}: {} ({})", spec.name, spec.path, format_name(spec.format));

@@ -183,15 +183,16 @@ Server::Server(ServeOptions options) : impl_(std::make_unique<Impl>(std::move(op
   }
   for (const auto& spec : s.options.disks) {
     std::string message;
-    auto device = open_disk(spec, &message);
-    if (!device) throw StartupError(message);
-    if (s.disks.add(Disk{spec.name, spec, *device})) {
+    auto disk = open_disk(spec, &message);
+    if (!disk) throw StartupError(message);
+    auto device = disk->device;
+    if (s.disks.add(std::move(*disk))) {
       throw StartupError(fmt::format("disk {}: the name is used twice", spec.name));
     }
-    if (auto ec = s.registry.add(spec.name, *device, !spec.read_only, {}, spec.name)) {
+    if (auto ec = s.registry.add(spec.name, device, !spec.read_only, {}, spec.name)) {
       throw StartupError(fmt::format("disk {}: cannot export it: {}", spec.name, ec.message()));
     }
-    FLEECE_LOG_INFO("server", "disk {}: {} ({} bytes{})", spec.name, spec.path, (*device)->size(),
+    FLEECE_LOG_INFO("server", "disk {}: {} ({} bytes{})", spec.name, spec.path, device->size(),
                     spec.read_only ? ", read-only" : "");
   }
   for (int fd : activation_fds()) s.listeners.push_back(Listener::adopt(s.control(), fd));
