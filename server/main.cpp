@@ -40,10 +40,15 @@ int run_serve(int argc, char** argv) {
     fleece::server::Server server(std::move(options));
     // Declared after the server so it is destroyed first, while the
     // server's event hooks that point at it are still in place.
+    fleece::server::QmpServer* monitors = nullptr;  // set once the QmpServer exists
     auto commands = fleece::server::make_qmp_command_table(
-        {&server.disks(), &server.registry(), [&server] { server.stop(); }});
+        {&server.disks(), &server.registry(), [&server] { server.stop(); },
+         [&monitors](std::string_view name, std::string data) {
+           if (monitors) monitors->emit_event(name, data);
+         }});
     fleece::server::QmpServer qmp(server.control_context(), commands,
                                   {.socket_path = server.options().qmp_path});
+    monitors = &qmp;
     std::string qmp_error;
     if (qmp.start(&qmp_error)) throw fleece::server::StartupError(qmp_error);
     server.set_events(fleece::server::qmp_client_events(qmp));
@@ -53,6 +58,7 @@ int run_serve(int argc, char** argv) {
       fleece::server::sd_notify("READY=1");
     });
     qmp.stop();
+    monitors = nullptr;
     return status;
   } catch (const fleece::server::StartupError& e) {
     std::fprintf(stderr, "fleece: %s\n", e.what());

@@ -8,6 +8,8 @@ std::shared_ptr<QmpCommandTable> make_qmp_command_table(QmpServices services) {
   auto table = std::make_shared<QmpCommandTable>();
   register_block_commands(*table, services);
   register_nbd_commands(*table, services);
+  register_fleece_commands(*table, services);
+  register_chain_commands(*table, services);
   register_misc_commands(*table, services);
   return table;
 }

@@ -7,6 +7,8 @@
 //   qmp_commands_block.cpp  blockdev-add, blockdev-del, query-block
 //   qmp_commands_nbd.cpp    nbd-server-add, nbd-server-remove,
 //                           query-nbd-exports, query-stats
+//   qmp_commands_fleece.cpp fleece-start, fleece-stop, query-fleeces
+//   qmp_commands_chain.cpp  blockdev-snapshot-sync, block-commit, block-job-*
 //   qmp_commands_misc.cpp   quit, query-version, query-commands
 // A new group adds its function here and a call in make_qmp_command_table.
 //
@@ -16,6 +18,8 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 
 namespace fleece::server {
 
@@ -27,12 +31,17 @@ struct QmpServices {
   DiskTable* disks = nullptr;
   ExportRegistry* registry = nullptr;
   std::function<void()> shutdown;  // quit: begin a clean shutdown (after the reply is sent)
+  // Sends an asynchronous event to every monitor; data_json is the "data"
+  // object as JSON text. Callable from any thread; may be empty in tests.
+  std::function<void(std::string_view name, std::string data_json)> emit_event;
 };
 
 std::shared_ptr<QmpCommandTable> make_qmp_command_table(QmpServices services);
 
 void register_block_commands(QmpCommandTable& table, const QmpServices& services);
 void register_nbd_commands(QmpCommandTable& table, const QmpServices& services);
+void register_fleece_commands(QmpCommandTable& table, const QmpServices& services);
+void register_chain_commands(QmpCommandTable& table, const QmpServices& services);
 // `table` is also what query-commands lists, so this group is added last.
 void register_misc_commands(QmpCommandTable& table, const QmpServices& services);
 
