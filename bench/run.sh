@@ -15,6 +15,7 @@ set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$SRC/bench
 . "$HERE/servers.sh"
+. "$HERE/measure.sh"
 
 QUICK=${QUICK:-}
 if [[ -n $QUICK ]]; then SIZE_MIB=256 RUNTIME=3; else SIZE_MIB=2048 RUNTIME=15; fi
@@ -24,58 +25,10 @@ WORK=$(mktemp -d /tmp/fleece-bench.XXXXXX)
 SRV_PID=
 trap '[[ -n $SRV_PID ]] && kill -KILL $SRV_PID 2>/dev/null; rm -rf "$WORK"' EXIT
 
-if [[ -z ${FLEECE:-} ]]; then
-  echo "building fleece (Release) in $SRC/build-bench" >&2
-  cmake -S "$SRC" -B "$SRC/build-bench" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLEECE_TESTS=OFF >/dev/null
-  ninja -C "$SRC/build-bench" -j2 fleece >&2
-  FLEECE=$SRC/build-bench/server/fleece
-fi
-[[ -x $FLEECE ]] || { echo "no fleece binary at $FLEECE" >&2; exit 1; }
+find_fleece
 probe_qemu_aio
 
-# The image: 4 MiB chunks, every 4th a hole, the rest random data (75%).
-IMG=$WORK/base.img
-echo "making a ${SIZE_MIB} MiB image (75% random data, 25% holes)" >&2
-/usr/bin/python3 - "$IMG" "$SIZE_MIB" <<'PYEOF'
-import os, sys
-path, mib = sys.argv[1], int(sys.argv[2])
-chunk = 4 << 20
-with open(path, "wb") as f:
-    f.truncate(mib << 20)
-    for i in range((mib << 20) // chunk):
-        if i % 4 != 3:
-            f.seek(i * chunk)
-            f.write(os.urandom(chunk))
-PYEOF
-SIZE=$((SIZE_MIB << 20))
-ROWS=$WORK/rows.tsv
-: >"$ROWS"
-
-calc() { awk "BEGIN { print $1 }"; }
-
-# measure SERVER TEST UNIT CMD...: runs CMD, records the result it prints
-# (a number in UNIT) and the server's CPU seconds during it.
-measure() {
-  local server=$1 test=$2 unit=$3; shift 3
-  local c0 c1 t0 t1 value work
-  c0=$(cpu_seconds "$SRV_PID"); t0=$(date +%s.%N)
-  value=$("$@")
-  t1=$(date +%s.%N); c1=$(cpu_seconds "$SRV_PID")
-  # work: GiB moved (throughput rows) or requests done (IOPS rows).
-  work=${value#* }; value=${value%% *}
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$test" "$server" "$unit" "$value" \
-    "$(calc "$c1 - $c0")" "$work" >>"$ROWS"
-  echo "  $test: $value $unit" >&2
-}
-
-# nbdcopy of the whole export to null: prints "MiB/s GiB".
-copy_to_null() {
-  local conns=$1 t0 t1
-  t0=$(date +%s.%N)
-  nbdcopy --connections="$conns" "nbd+unix:///d?socket=$SOCK" null:
-  t1=$(date +%s.%N)
-  echo "$(calc "$SIZE / 1048576 / ($t1 - $t0)") $(calc "$SIZE / 1073741824")"
-}
+make_image
 
 # fio with the nbd engine: prints "IOPS requests" or "MiB/s GiB".
 fio_run() {

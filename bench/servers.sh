@@ -1,24 +1,44 @@
 # Start and stop the servers being compared, each on a Unix socket with one
-# export named "d". Sourced by run.sh; sets SRV_PID.
+# export named "d". Sourced by run.sh and tls.sh; sets SRV_PID.
 
-# start_server NAME IMAGE SOCKET
+# find_fleece: FLEECE, or else a Release build of $SRC in $SRC/build-bench.
+find_fleece() {
+  if [[ -z ${FLEECE:-} ]]; then
+    echo "building fleece (Release) in $SRC/build-bench" >&2
+    cmake -S "$SRC" -B "$SRC/build-bench" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLEECE_TESTS=OFF >/dev/null
+    ninja -C "$SRC/build-bench" -j2 fleece >&2
+    FLEECE=$SRC/build-bench/server/fleece
+  fi
+  [[ -x $FLEECE ]] || { echo "no fleece binary at $FLEECE" >&2; exit 1; }
+}
+
+# start_server NAME IMAGE SOCKET: logs go to $WORK. With TLS_CREDS=DIR (a
+# QEMU-layout x509 directory), the server requires TLS with those
+# certificates and verifies client certificates against DIR/ca-cert.pem.
 start_server() {
-  local name=$1 img=$2 sock=$3
+  local name=$1 img=$2 sock=$3 tls=()
   rm -f "$sock"
+  if [[ -n ${TLS_CREDS:-} ]]; then
+    case $name in
+      fleece) tls=(--tls require --tls-creds "$TLS_CREDS" --tls-verify-peer) ;;
+      qemu-nbd) tls=(--object "tls-creds-x509,id=tls0,dir=$TLS_CREDS,endpoint=server,verify-peer=on" --tls-creds tls0) ;;
+      nbdkit) tls=(--tls=require --tls-certificates="$TLS_CREDS" --tls-verify-peer) ;;
+    esac
+  fi
   case $name in
     fleece)
-      "$FLEECE" serve --disk d="$img",cache=writeback --listen unix:"$sock" \
+      "$FLEECE" serve --disk d="$img",cache=writeback --listen unix:"$sock" "${tls[@]}" \
         --qmp unix:"$WORK/fleece.qmp" --log-level warn >"$WORK/fleece.out" 2>"$WORK/fleece.err" &
       SRV_PID=$!
       wait_for 'grep -qx "fleece: ready" "$WORK/fleece.out"' "fleece" ;;
     qemu-nbd)
       # io_uring when the kernel allows it, else qemu-nbd's thread pool.
-      qemu-nbd -f raw -t -k "$sock" --cache=writeback $QEMU_AIO -e 16 -x d "$img" \
+      qemu-nbd -f raw -t -k "$sock" --cache=writeback $QEMU_AIO -e 16 -x d "${tls[@]}" "$img" \
         2>"$WORK/qemu-nbd.err" &
       SRV_PID=$!
       wait_for '[[ -S $sock ]]' "qemu-nbd" ;;
     nbdkit)
-      nbdkit -f -U "$sock" -e d file "$img" 2>"$WORK/nbdkit.err" &
+      nbdkit -f -U "$sock" -e d "${tls[@]}" file "$img" 2>"$WORK/nbdkit.err" &
       SRV_PID=$!
       wait_for '[[ -S $sock ]]' "nbdkit" ;;
   esac
