@@ -3,7 +3,7 @@
 // missing files and absurd depth.
 #include "cow/backing_chain.hpp"
 
-#include "tests/unit/cow/qcow2_test_support.hpp"
+#include "tests/unit/cow/qcow2_doctest_support.hpp"
 #include "util/log.hpp"
 
 #include <doctest/doctest.h>
@@ -19,13 +19,6 @@ using namespace fleece::cow::test;
 namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
-
-void sh_ok(const std::string& cmd) {
-  auto [rc, out] = shell(cmd);
-  INFO(cmd);
-  INFO(out);
-  REQUIRE(rc == 0);
-}
 
 std::shared_ptr<BackingChain> open_ok(const std::string& path, std::string format = "qcow2",
                                       ChainOpenOptions o = {}) {

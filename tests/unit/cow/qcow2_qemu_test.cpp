@@ -2,7 +2,7 @@
 // pass `qemu-img check` and read the same through qemu, and files qemu
 // writes must read the same through fleece.
 #include "cow/qcow2_image.hpp"
-#include "tests/unit/cow/qcow2_test_support.hpp"
+#include "tests/unit/cow/qcow2_doctest_support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -13,12 +13,6 @@ using namespace fleece::cow;
 using namespace fleece::cow::test;
 
 namespace {
-
-std::vector<std::byte> read_all(block::Device& d) {
-  std::vector<std::byte> out(d.size());
-  REQUIRE(!run(d.read(0, out)));
-  return out;
-}
 
 void check_with_qemu_img(const std::string& path) {
   auto [rc, out] = shell("qemu-img check -f qcow2 '" + path + "'");

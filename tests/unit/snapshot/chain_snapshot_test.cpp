@@ -5,7 +5,7 @@
 
 #include "cow/cbw_filter.hpp"
 #include "snapshot/commit_job.hpp"
-#include "tests/unit/cow/qcow2_test_support.hpp"
+#include "tests/unit/cow/qcow2_doctest_support.hpp"
 #include "util/log.hpp"
 
 #include <boost/asio/detached.hpp>
@@ -25,19 +25,6 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kSize = 4 * kMiB;
-
-void sh_ok(const std::string& cmd) {
-  auto [rc, out] = shell(cmd);
-  INFO(cmd);
-  INFO(out);
-  REQUIRE(rc == 0);
-}
-
-std::vector<std::byte> read_all(block::Device& d) {
-  std::vector<std::byte> v(d.size());
-  REQUIRE(!run(d.read(0, v)));
-  return v;
-}
 
 // base.img (raw) <- a.qcow2 (active).
 struct Rig {

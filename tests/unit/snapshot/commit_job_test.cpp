@@ -2,7 +2,7 @@
 // writes the active layer, checked against a model and against qemu-img.
 #include "snapshot/commit_job.hpp"
 
-#include "tests/unit/cow/qcow2_test_support.hpp"
+#include "tests/unit/cow/qcow2_doctest_support.hpp"
 #include "util/log.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -23,13 +23,6 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kSize = 8 * kMiB;
-
-void sh_ok(const std::string& cmd) {
-  auto [rc, out] = shell(cmd);
-  INFO(cmd);
-  INFO(out);
-  REQUIRE(rc == 0);
-}
 
 Task<void> sleep_for(std::chrono::milliseconds d) {
   asio::steady_timer t(co_await asio::this_coro::executor, d);
@@ -99,12 +92,6 @@ snapshot::BlockJobEvents events_into(Outcome& o) {
 Task<void> wait_done(const Outcome& o, std::chrono::milliseconds limit = 30000ms) {
   const auto end = std::chrono::steady_clock::now() + limit;
   while (!o.done() && std::chrono::steady_clock::now() < end) co_await sleep_for(2ms);
-}
-
-std::vector<std::byte> read_all(block::Device& d) {
-  std::vector<std::byte> v(d.size());
-  REQUIRE(!run(d.read(0, v)));
-  return v;
 }
 
 }  // namespace
