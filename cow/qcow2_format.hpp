@@ -31,6 +31,9 @@ inline constexpr uint64_t kIncompatExtendedL2 = 1ull << 4;
 // Compatible feature bits.
 inline constexpr uint64_t kCompatLazyRefcounts = 1ull << 0;
 
+// Autoclear feature bits.
+inline constexpr uint64_t kAutoclearBitmaps = 1ull << 0;
+
 // Header extension types.
 inline constexpr uint32_t kExtEnd = 0x00000000;
 inline constexpr uint32_t kExtBackingFormat = 0xe2792aca;

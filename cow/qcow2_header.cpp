@@ -71,7 +71,25 @@ std::error_code walk_extensions(std::span<const std::byte> data, uint64_t start,
         }
         break;
       case kExtBitmaps:
+        // qcow2.txt "Bitmaps extension": nb_bitmaps(4) reserved(4)
+        // bitmap_directory_size(8) bitmap_directory_offset(8).
+        if (h.has_bitmaps_extension) {
+          h.bitmaps_extension_error = "qcow2 bitmaps extension appears twice";
+          break;
+        }
         h.has_bitmaps_extension = true;
+        if (len != 24) {
+          h.bitmaps_extension_error =
+              fmt::format("qcow2 bitmaps extension is {} bytes long (must be 24)", len);
+          break;
+        }
+        if (load_be32(p + 4) != 0) {
+          h.bitmaps_extension_error = "qcow2 bitmaps extension has non-zero reserved bytes";
+          break;
+        }
+        h.bitmaps.nb_bitmaps = load_be32(p);
+        h.bitmaps.directory_size = load_be64(p + 8);
+        h.bitmaps.directory_offset = load_be64(p + 16);
         break;
       default:
         break;  // unknown extensions are ignored by the spec's rule
@@ -311,9 +329,17 @@ std::error_code encode_qcow2_header(Qcow2Header& h, std::span<std::byte> c0) {
   return {};
 }
 
-std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> c0,
-                                      const std::string& backing_file,
-                                      const std::string& backing_format) {
+namespace {
+
+enum class BitmapsExt { keep, set, remove };
+
+// Rebuilds the extension area and backing file name of an encoded first
+// cluster: the backing format and (unless kept) the bitmaps extension are
+// replaced, every other extension is kept byte for byte.
+std::error_code rebuild_extension_area(Qcow2Header& h, std::span<std::byte> c0,
+                                       const std::string& backing_file,
+                                       const std::string& backing_format, BitmapsExt bitmaps,
+                                       const Qcow2BitmapsExtension& ext) {
   if (backing_file.size() > kMaxBackingFileName || backing_format.size() > 255 ||
       (backing_file.empty() && !backing_format.empty()))
     return std::make_error_code(std::errc::invalid_argument);
@@ -325,7 +351,7 @@ std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> c0,
     const uint32_t type = load_be32(c0.data() + off);
     const uint32_t len = load_be32(c0.data() + off + 4);
     if (type == kExtEnd || len > area_end - off - 8) break;
-    if (type != kExtBackingFormat)
+    if (type != kExtBackingFormat && (type != kExtBitmaps || bitmaps == BitmapsExt::keep))
       keep.emplace_back(type, std::vector<std::byte>(c0.begin() + off + 8,
                                                      c0.begin() + off + 8 + len));
     off += 8 + align_up(len, 8);
@@ -341,6 +367,13 @@ std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> c0,
   if (!backing_format.empty())
     put(kExtBackingFormat, reinterpret_cast<const std::byte*>(backing_format.data()),
         uint32_t(backing_format.size()));
+  if (bitmaps == BitmapsExt::set) {
+    std::byte body[24] = {};
+    store_be32(body, ext.nb_bitmaps);
+    store_be64(body + 8, ext.directory_size);
+    store_be64(body + 16, ext.directory_offset);
+    put(kExtBitmaps, body, sizeof body);
+  }
   for (auto& [type, body] : keep) put(type, body.data(), uint32_t(body.size()));
   put(kExtEnd, nullptr, 0);
   if (h.header_length + area.size() + backing_file.size() > c0.size())
@@ -357,8 +390,33 @@ std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> c0,
     h.backing_file_size = uint32_t(backing_file.size());
     std::memcpy(c0.data() + h.backing_file_offset, backing_file.data(), backing_file.size());
   }
+  if (bitmaps != BitmapsExt::keep) {
+    h.has_bitmaps_extension = bitmaps == BitmapsExt::set;
+    h.bitmaps = bitmaps == BitmapsExt::set ? ext : Qcow2BitmapsExtension{};
+    h.bitmaps_extension_error.clear();
+    if (bitmaps == BitmapsExt::set)
+      h.autoclear_features |= kAutoclearBitmaps;
+    else
+      h.autoclear_features &= ~kAutoclearBitmaps;
+  }
   update_qcow2_header_fields(h, c0);
   return {};
+}
+
+}  // namespace
+
+std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> c0,
+                                      const std::string& backing_file,
+                                      const std::string& backing_format) {
+  return rebuild_extension_area(h, c0, backing_file, backing_format, BitmapsExt::keep, {});
+}
+
+std::error_code rewrite_qcow2_bitmaps_extension(Qcow2Header& h, std::span<std::byte> c0,
+                                                const std::optional<Qcow2BitmapsExtension>& ext) {
+  if (h.version < 3) return std::make_error_code(std::errc::invalid_argument);
+  const std::string file = h.backing_file, format = h.backing_format;
+  return rebuild_extension_area(h, c0, file, format, ext ? BitmapsExt::set : BitmapsExt::remove,
+                                ext.value_or(Qcow2BitmapsExtension{}));
 }
 
 }  // namespace fleece::cow

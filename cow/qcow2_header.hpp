@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +31,13 @@ struct Qcow2FeatureName {
   uint8_t type = 0;  // 0 incompatible, 1 compatible, 2 autoclear
   uint8_t bit = 0;
   std::string name;
+};
+
+// The bitmaps extension's fields (qcow2.txt "Bitmaps extension").
+struct Qcow2BitmapsExtension {
+  uint32_t nb_bitmaps = 0;
+  uint64_t directory_size = 0;    // bytes
+  uint64_t directory_offset = 0;  // cluster aligned
 };
 
 struct Qcow2Header {
@@ -57,6 +65,11 @@ struct Qcow2Header {
   std::string backing_format;
   std::vector<Qcow2FeatureName> feature_names;
   bool has_bitmaps_extension = false;
+  // Its fields when it has the spec's length (24 bytes) and reserved bytes
+  // zero; otherwise bitmaps_extension_error says what is wrong with it (the
+  // image itself still opens: only its bitmaps are unusable).
+  Qcow2BitmapsExtension bitmaps;
+  std::string bitmaps_extension_error;
 
   uint64_t cluster_size() const { return uint64_t{1} << cluster_bits; }
   uint64_t l2_entries() const { return cluster_size() / 8; }
@@ -83,6 +96,13 @@ std::error_code encode_qcow2_header(Qcow2Header& h, std::span<std::byte> cluster
 std::error_code rewrite_qcow2_backing(Qcow2Header& h, std::span<std::byte> cluster0,
                                       const std::string& backing_file,
                                       const std::string& backing_format);
+
+// Sets (ext given) or removes (std::nullopt) the bitmaps extension in an
+// encoded first cluster, keeping every other extension and the backing file
+// name, and sets or clears autoclear bit 0 to match. Fails with
+// std::errc::invalid_argument (and changes nothing) when it does not fit.
+std::error_code rewrite_qcow2_bitmaps_extension(Qcow2Header& h, std::span<std::byte> cluster0,
+                                                const std::optional<Qcow2BitmapsExtension>& ext);
 
 // Rewrites only the fixed fields fleece changes after creation (refcount
 // table location, feature bits) in an encoded header.

@@ -136,11 +136,14 @@ Task<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::open(std::shared_ptr<block
   }
   if (auto ec = co_await img->load_metadata(why)) co_return ec;
 
-  if (img->writable_ && img->header_.autoclear_features != 0) {
-    // Bitmaps and other autoclear data become stale as soon as fleece writes.
+  // Bitmaps (unless the caller keeps them) and other autoclear data become
+  // stale as soon as fleece writes. Bit 0 without the extension is an error
+  // the spec names; it is cleared too.
+  const uint64_t keep = options.keep_bitmaps && h.has_bitmaps_extension ? kAutoclearBitmaps : 0;
+  if (img->writable_ && (img->header_.autoclear_features & ~keep) != 0) {
     {
       std::lock_guard g(img->mu_);
-      img->header_.autoclear_features = 0;
+      img->header_.autoclear_features &= keep;
       update_qcow2_header_fields(img->header_, img->header_cluster_.span());
       img->header_dirty_ = true;
     }
@@ -227,6 +230,90 @@ Task<std::error_code> Qcow2Image::load_metadata(std::string* why) {
   l1_ = std::move(l1);
   refcounts_.emplace(std::move(rc));
   co_return std::error_code{};
+}
+
+// ---------------------------------------------------------------- foreign metadata
+
+Qcow2Header Qcow2Image::header() const {
+  std::lock_guard g(mu_);
+  return header_;
+}
+
+uint64_t Qcow2Image::file_size() const { return file_->size(); }
+
+Result<uint64_t> Qcow2Image::allocate_meta_clusters(uint64_t n) {
+  if (auto ec = writable_check()) return ec;
+  if (n == 0) return make_error_code(std::errc::invalid_argument);
+  std::lock_guard g(mu_);
+  return n == 1 ? refcounts_->alloc() : refcounts_->alloc_contiguous(n);
+}
+
+void Qcow2Image::free_after_flush(std::span<const uint64_t> host_clusters) {
+  std::lock_guard g(mu_);
+  free_after_flush_.insert(free_after_flush_.end(), host_clusters.begin(), host_clusters.end());
+}
+
+uint64_t Qcow2Image::refcount(uint64_t host_offset) const {
+  std::lock_guard g(mu_);
+  return refcounts_->get(host_offset);
+}
+
+bool Qcow2Image::overlaps_core_metadata(uint64_t host, uint64_t len) const {
+  const uint64_t cs = header_.cluster_size();
+  auto hit = [&](uint64_t start, uint64_t n) { return host < start + n && start < host + len; };
+  std::lock_guard g(mu_);
+  if (hit(0, cs) || hit(header_.l1_table_offset, align_up(uint64_t{header_.l1_size} * 8, cs)) ||
+      hit(refcounts_->table_offset(), uint64_t{refcounts_->table_clusters()} * cs))
+    return true;
+  for (uint64_t i = 0; i < refcounts_->table_entries(); ++i) {
+    const uint64_t off = refcounts_->table_entry(i) & kRefTableOffsetMask;
+    if (off != 0 && hit(off, cs)) return true;
+  }
+  for (uint64_t i = 0; i < header_.l1_size; ++i) {
+    const uint64_t off = l1_->entry(i) & kEntryOffsetMask;
+    if (off != 0 && hit(off, cs)) return true;
+  }
+  return false;
+}
+
+Task<std::error_code> Qcow2Image::read_meta(uint64_t host, std::span<std::byte> out) {
+  // A file may end inside its last cluster (QEMU writes a bitmap directory
+  // only up to its size): the rest reads as zeroes.
+  if (host >= file_->size()) co_return make_error_code(Errc::corrupt_image);
+  co_return co_await read_host(host, out);
+}
+
+Task<std::error_code> Qcow2Image::write_meta(uint64_t host, std::span<const std::byte> data) {
+  if (auto ec = writable_check()) co_return ec;
+  {
+    std::lock_guard g(mu_);
+    for (uint64_t off = 0; off < data.size(); off += header_.cluster_size())
+      if (refcounts_->get(host + off) == 0) co_return make_error_code(std::errc::invalid_argument);
+  }
+  co_return co_await file_->write(host, data, {});
+}
+
+Task<std::error_code> Qcow2Image::set_bitmaps_extension(
+    const std::optional<Qcow2BitmapsExtension>& ext) {
+  if (auto ec = writable_check()) co_return ec;
+  {
+    std::lock_guard g(mu_);
+    if (auto ec = rewrite_qcow2_bitmaps_extension(header_, header_cluster_.span(), ext)) co_return ec;
+    header_dirty_ = true;
+  }
+  co_return co_await flush_metadata();
+}
+
+Task<std::error_code> Qcow2Image::invalidate_bitmaps() {
+  if (auto ec = writable_check()) co_return ec;
+  {
+    std::lock_guard g(mu_);
+    if (!(header_.autoclear_features & kAutoclearBitmaps)) co_return std::error_code{};
+    header_.autoclear_features &= ~kAutoclearBitmaps;
+    update_qcow2_header_fields(header_, header_cluster_.span());
+    header_dirty_ = true;
+  }
+  co_return co_await flush_metadata();
 }
 
 // ---------------------------------------------------------------- mapping

@@ -75,6 +75,12 @@ struct Qcow2CreateOptions {
 
 struct Qcow2OpenOptions {
   bool read_only = false;
+  // Keep the bitmaps extension valid (autoclear bit 0) on a writable open.
+  // Without it, opening for writing clears every autoclear bit, as the spec
+  // asks of a program that does not keep bitmaps up to date. With it, the
+  // caller MUST open a Qcow2BitmapStore (cow/qcow2_bitmaps.hpp) on the image
+  // before anything writes to it: that marks every stored bitmap in_use.
+  bool keep_bitmaps = false;
 };
 
 enum class Qcow2ClusterKind { unallocated, zero, data };
@@ -128,6 +134,37 @@ class Qcow2Image final : public block::Device {
   uint64_t data_bytes_in_use() const;
   // Host clusters with a non-zero refcount, times the cluster size.
   uint64_t file_bytes_in_use() const;
+
+  // --- metadata kept by other layers (qcow2 bitmaps) -----------------------
+  // Host clusters for metadata that this class does not interpret. The
+  // caller writes them with write_meta(), makes them durable with flush()
+  // before any on-disk reference to them, and hands them back with
+  // free_after_flush() once no on-disk reference is left.
+  bool writable() const { return writable_; }
+  Qcow2Header header() const;  // a copy
+  uint64_t file_size() const;
+  // n contiguous clusters with refcount 1 (std::errc::read_only_file_system
+  // on a read-only image).
+  Result<uint64_t> allocate_meta_clusters(uint64_t n);
+  // Their refcounts drop after the next metadata flush has completed.
+  void free_after_flush(std::span<const uint64_t> host_clusters);
+  uint64_t refcount(uint64_t host_offset) const;
+  // Whether [host, host + len) overlaps the header, the L1 table, the
+  // refcount table or blocks, or an L2 table: metadata another structure
+  // must never point into.
+  bool overlaps_core_metadata(uint64_t host, uint64_t len) const;
+  // Whole clusters, cluster-aligned offsets and buffers (Qcow2Bytes).
+  // read_meta() fails with fleece::Errc::corrupt_image at or past the end
+  // of the file and reads zeroes past it.
+  block::Task<std::error_code> read_meta(uint64_t host, std::span<std::byte> out);
+  block::Task<std::error_code> write_meta(uint64_t host, std::span<const std::byte> data);
+  // Sets or removes the bitmaps header extension (and autoclear bit 0 with
+  // it), then writes back all metadata and flushes.
+  block::Task<std::error_code> set_bitmaps_extension(
+      const std::optional<Qcow2BitmapsExtension>& ext);
+  // Clears autoclear bit 0 and keeps the extension: every stored bitmap is
+  // then inconsistent for every reader (the spec's rule), QEMU included.
+  block::Task<std::error_code> invalidate_bitmaps();
 
   // --- block::Device ------------------------------------------------------
   uint64_t size() const override { return header_.size; }
