@@ -27,6 +27,8 @@
 #include <cstdint>
 #include <span>
 #include <system_error>
+#include <memory>
+#include <optional>
 #include <vector>
 
 namespace fleece::block {
@@ -69,6 +71,15 @@ struct ZeroFlags {
   bool fast_only = false;  // fail with std::errc::operation_not_supported unless fast
 };
 
+// Where a device's bytes sit unchanged in a file's page cache, for servers
+// that hand them to the kernel (sendfile) instead of read() then send().
+// keep holds the file open while the range is in use.
+struct FileRange {
+  int fd = -1;
+  uint64_t offset = 0;
+  std::shared_ptr<const void> keep;
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -92,6 +103,13 @@ class Device {
   // last may run past it (callers clamp).
   virtual Task<std::error_code> block_status(uint64_t offset, uint64_t length,
                                              std::vector<Extent>& out) = 0;
+  // Where [offset, offset + length) lives in one file exactly as read()
+  // would return it now, with every page resident; std::nullopt (the
+  // default) otherwise: O_DIRECT, image formats, filters that change bytes.
+  // The bytes are those of the moment they are sent: a later write may
+  // change them, so a caller that must return an older state (a frozen
+  // view) never uses this.
+  virtual std::optional<FileRange> file_range(uint64_t offset, uint64_t length) const;
 };
 
 }  // namespace fleece::block

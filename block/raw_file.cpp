@@ -2,6 +2,7 @@
 
 #include "block/buffer.hpp"
 #include "block/io_engine.hpp"
+#include "block/page_cache.hpp"
 #include "block/unique_fd.hpp"
 #include "util/log.hpp"
 
@@ -53,7 +54,7 @@ std::span<const std::byte> zero_block() {
   return zeroes.span();
 }
 
-class RawFile final : public Device {
+class RawFile final : public Device, public std::enable_shared_from_this<RawFile> {
  public:
   struct Setup {
     UniqueFd fd;
@@ -160,6 +161,11 @@ class RawFile final : public Device {
 
   Task<std::error_code> cache(uint64_t offset, uint64_t length) override {
     co_return co_await io::fadvise(fd_.get(), offset, length, POSIX_FADV_WILLNEED);
+  }
+
+  std::optional<FileRange> file_range(uint64_t offset, uint64_t length) const override {
+    if (direct_ || offset + length > size() || !resident(fd_.get(), offset, length)) return std::nullopt;
+    return FileRange{fd_.get(), offset, shared_from_this()};
   }
 
   // lseek(SEEK_DATA/SEEK_HOLE) runs on the calling thread: it reads the

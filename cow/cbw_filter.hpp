@@ -111,6 +111,11 @@ class CbwFilter final : public block::Device {
                                     block::WriteFlags flags) override;
   block::Task<std::error_code> flush() override;  // D, then every store
   block::Task<std::error_code> cache(uint64_t offset, uint64_t length) override;
+  // The live disk's: guest reads pass straight through (frozen reads never
+  // use this).
+  std::optional<block::FileRange> file_range(uint64_t offset, uint64_t length) const override {
+    return disk_->file_range(offset, length);
+  }
   block::Task<std::error_code> block_status(uint64_t offset, uint64_t length,
                                             std::vector<block::Extent>& out) override;
 

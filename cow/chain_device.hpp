@@ -32,6 +32,9 @@ class ChainDevice final : public block::Device {
                                     block::WriteFlags flags) override;
   block::Task<std::error_code> flush() override;
   block::Task<std::error_code> cache(uint64_t offset, uint64_t length) override;
+  std::optional<block::FileRange> file_range(uint64_t offset, uint64_t length) const override {
+    return target()->file_range(offset, length);
+  }
   block::Task<std::error_code> block_status(uint64_t offset, uint64_t length,
                                             std::vector<block::Extent>& out) override;
 

@@ -37,6 +37,9 @@ class ChainRawLayer final : public block::Device {
   block::Task<std::error_code> cache(uint64_t offset, uint64_t length) override {
     return file_->cache(offset, length);
   }
+  std::optional<block::FileRange> file_range(uint64_t offset, uint64_t length) const override {
+    return file_->file_range(offset, length);
+  }
   block::Task<std::error_code> block_status(uint64_t offset, uint64_t length,
                                             std::vector<block::Extent>& out) override;
 

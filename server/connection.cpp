@@ -21,6 +21,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <sys/sendfile.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +41,10 @@ using boost::system::error_code;
 constexpr size_t kReadBufferSize = 256 * 1024;  // one recv may carry many requests
 constexpr size_t kDirectPayloadMin = 64 * 1024; // larger WRITE payloads skip the read buffer
 constexpr uint32_t kHoleProbeMin = 64 * 1024;   // smaller READs always send data
+// READs from this size on go from the page cache to the socket by sendfile
+// when the device allows it (plaintext only): no copy into a buffer and none
+// out of it. Smaller ones are cheaper to copy than to splice.
+constexpr uint32_t kSendFileMin = 32 * 1024;
 constexpr size_t kMaxIov = 512;                 // pieces per gathered write (IOV_MAX is 1024)
 constexpr size_t kKeepBufferMax = 4u << 20;     // larger job buffers are not kept for reuse
 
@@ -83,9 +89,10 @@ struct AlignedBuffer {
 
 // One request from decode to reply sent. Pooled per connection.
 struct Job {
+  enum class Source : uint8_t { head, data, file };
   struct Piece {
-    bool from_data;  // job buffer, else head
-    uint32_t offset;
+    Source source;
+    uint32_t offset;  // into head or buffer; unused for the file
     uint32_t length;
   };
   nbd::Request request;
@@ -93,24 +100,27 @@ struct Job {
   std::vector<uint8_t> head;      // reply headers and small chunks
   std::vector<Piece> pieces;      // the reply, in wire order
   std::vector<block::Extent> extents;
+  block::FileRange file;          // READ data sent straight from the page cache
   uint64_t budget = 0;            // payload bytes reserved against the connection budget
 
   void reset() {
     head.clear();
     pieces.clear();
     extents.clear();
+    file = {};
     budget = 0;
   }
   uint8_t* add_head(size_t n) {
     size_t at = head.size();
     head.resize(at + n);
-    pieces.push_back({false, uint32_t(at), uint32_t(n)});
+    pieces.push_back({Source::head, uint32_t(at), uint32_t(n)});
     return head.data() + at;
   }
   void add_head(std::span<const uint8_t> bytes) {
     std::memcpy(add_head(bytes.size()), bytes.data(), bytes.size());
   }
-  void add_data(uint32_t offset, uint32_t length) { pieces.push_back({true, offset, length}); }
+  void add_data(uint32_t offset, uint32_t length) { pieces.push_back({Source::data, offset, length}); }
+  void add_file(uint32_t length) { pieces.push_back({Source::file, 0, length}); }
 };
 
 uint32_t nbd_error(std::error_code ec) {
@@ -462,24 +472,61 @@ class Connection final : public ConnectionHandle,
       }
       iov.clear();
       batch.clear();
+      size_t pieces = 0;
       while (!ready_.empty()) {
         Job* job = ready_.front();
-        if (!batch.empty() && iov.size() + job->pieces.size() > kMaxIov) break;
-        for (const auto& piece : job->pieces) {
-          const void* base = piece.from_data ? static_cast<const void*>(job->buffer.data + piece.offset)
-                                             : static_cast<const void*>(job->head.data() + piece.offset);
-          iov.emplace_back(base, piece.length);
-        }
+        if (!batch.empty() && pieces + job->pieces.size() > kMaxIov) break;
+        pieces += job->pieces.size();
         batch.push_back(job);
         ready_.pop_front();
       }
       error_code ec;
-      co_await asio::async_write(stream_, iov, TransferAllUnbounded{}, redirect(ec));
+      // Buffers are gathered into one write; a file range is sent after
+      // what precedes it, by sendfile.
+      for (Job* job : batch) {
+        for (const auto& piece : job->pieces) {
+          if (piece.source != Job::Source::file) {
+            const void* base = piece.source == Job::Source::data
+                                   ? static_cast<const void*>(job->buffer.data + piece.offset)
+                                   : static_cast<const void*>(job->head.data() + piece.offset);
+            iov.emplace_back(base, piece.length);
+            continue;
+          }
+          if (!iov.empty()) co_await asio::async_write(stream_, iov, TransferAllUnbounded{}, redirect(ec));
+          iov.clear();
+          if (!ec) co_await send_file(job->file, piece.length, ec);
+          if (ec) break;
+        }
+        if (ec) break;
+      }
+      if (!ec && !iov.empty()) co_await asio::async_write(stream_, iov, TransferAllUnbounded{}, redirect(ec));
       for (Job* job : batch) release(job);
       budget_wake_.cancel();
       if (ec) {
         close_now();
         break;
+      }
+    }
+  }
+
+  // sendfile(2) of a whole range on the non-blocking socket, waiting for
+  // room when the socket is full. A file that ends early (truncated behind
+  // our back) is an error: the reply header already promised the length.
+  awaitable<void> send_file(const block::FileRange& file, uint32_t length, error_code& ec) {
+    auto& socket = stream_.socket();
+    if (!socket.native_non_blocking()) socket.native_non_blocking(true, ec);
+    off_t offset = off_t(file.offset);
+    size_t left = length;
+    while (!ec && left > 0) {
+      ssize_t n = ::sendfile(socket.native_handle(), file.fd, &offset, left);
+      if (n > 0) {
+        left -= size_t(n);
+      } else if (n == 0) {
+        ec = std::make_error_code(std::errc::io_error);
+      } else if (errno == EAGAIN) {
+        co_await socket.async_wait(asio::socket_base::wait_write, redirect(ec));
+      } else if (errno != EINTR) {
+        ec = error_code(errno, boost::system::generic_category());
       }
     }
   }
@@ -532,8 +579,9 @@ class Connection final : public ConnectionHandle,
     }
   }
 
-  // The whole range as one data reply: header, then the buffer.
-  void reply_data(Job& job) {
+  // The whole range as one data reply: header, then the buffer (or the
+  // job's file range).
+  void reply_data(Job& job, bool from_file = false) {
     const auto& r = job.request;
     if (structured_) {
       nbd::encode_offset_data_prefix(
@@ -545,7 +593,20 @@ class Connection final : public ConnectionHandle,
                                                                          nbd::kSimpleReplySize),
                                r.cookie, 0);
     }
-    job.add_data(0, r.length);
+    if (from_file) job.add_file(r.length);
+    else job.add_data(0, r.length);
+  }
+
+  // READ data straight from the page cache, when the device lives in one
+  // file and every page is resident (never through TLS: it needs the bytes).
+  bool reply_from_file(Job& job) {
+    const auto& r = job.request;
+    if (r.length < kSendFileMin || stream_.is_tls()) return false;
+    auto range = device_->file_range(r.offset, r.length);
+    if (!range) return false;
+    job.file = std::move(*range);
+    reply_data(job, true);
+    return true;
   }
 
   // READ with structured replies: holes (zero extents) go as OFFSET_HOLE and
@@ -572,6 +633,7 @@ class Connection final : public ConnectionHandle,
       pos += length;
     }
     if (!any_hole) co_return false;
+    job.buffer.reserve(r.length);
     if (pos < r.length) {
       if (!segments.back().hole) segments.back().length += uint32_t(r.length - pos);
       else segments.push_back({uint32_t(pos), uint32_t(r.length - pos), false});
@@ -609,11 +671,12 @@ class Connection final : public ConnectionHandle,
           reply_ok(job);
           break;
         }
-        job.buffer.reserve(r.length);
         if (structured_ && !(r.flags & nbd::kCmdFlagDf) && r.length >= kHoleProbeMin &&
             co_await read_sparse(job, ec)) {
           break;
         }
+        if (reply_from_file(job)) break;
+        job.buffer.reserve(r.length);
         ec = co_await device_->read(r.offset, std::span(job.buffer.data, r.length));
         if (!ec) reply_data(job);
         break;
