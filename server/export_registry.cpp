@@ -7,10 +7,12 @@
 namespace fleece::server {
 
 Export::Export(std::string name, std::shared_ptr<block::Device> device, bool writable,
-               std::string description, std::string disk_name, MetaContexts contexts)
+               std::string description, std::string disk_name, MetaContexts contexts,
+               bool discard_only)
     : name_(std::move(name)),
       device_(std::move(device)),
       writable_(writable && !device_->capabilities().read_only),
+      discard_only_(!writable_ && discard_only && device_->capabilities().can_trim),
       description_(std::move(description)),
       disk_name_(std::move(disk_name)),
       contexts_(std::move(contexts)) {}
@@ -34,7 +36,9 @@ nbd::ExportInfo Export::info() const {
   flags |= nbd::kFlagCanMultiConn;
   if (caps.can_flush) flags |= nbd::kFlagSendFlush;
   if (caps.rotational) flags |= nbd::kFlagRotational;
-  if (!writable_) {
+  if (discard_only_) {
+    flags |= nbd::kFlagSendTrim;
+  } else if (!writable_) {
     flags |= nbd::kFlagReadOnly;
   } else {
     if (caps.can_fua) flags |= nbd::kFlagSendFua;
@@ -53,7 +57,8 @@ nbd::ExportInfo Export::info() const {
 
 std::error_code ExportRegistry::add(std::string name, std::shared_ptr<block::Device> device,
                                     bool writable, std::string description,
-                                    std::string disk_name, MetaContexts contexts) {
+                                    std::string disk_name, MetaContexts contexts,
+                                    bool discard_only) {
   if (!device || name.size() > nbd::kMaxStringLength || description.size() > nbd::kMaxStringLength) {
     return std::make_error_code(std::errc::invalid_argument);
   }
@@ -61,7 +66,7 @@ std::error_code ExportRegistry::add(std::string name, std::shared_ptr<block::Dev
     if (!c) return std::make_error_code(std::errc::invalid_argument);
   }
   auto entry = std::make_shared<Export>(name, std::move(device), writable, std::move(description),
-                                        std::move(disk_name), std::move(contexts));
+                                        std::move(disk_name), std::move(contexts), discard_only);
   std::lock_guard lock(mutex_);
   if (exports_.contains(name)) return std::make_error_code(std::errc::file_exists);
   if (exports_.empty()) first_added_ = name;

@@ -36,13 +36,18 @@ using MetaContexts = std::vector<std::shared_ptr<MetaContext>>;
 
 class Export {
  public:
+  // discard_only: a non-writable export whose device can trim (a frozen
+  // view) is not flagged read-only and advertises TRIM, so that clients may
+  // say they are done with blocks; writes still fail (EPERM, from the device).
   Export(std::string name, std::shared_ptr<block::Device> device, bool writable,
-         std::string description, std::string disk_name, MetaContexts contexts = {});
+         std::string description, std::string disk_name, MetaContexts contexts = {},
+         bool discard_only = false);
 
   const std::string& name() const { return name_; }
   const std::string& description() const { return description_; }
   const std::string& disk_name() const { return disk_name_; }  // DiskTable key, may be ""
   bool writable() const { return writable_; }
+  bool discard_only() const { return discard_only_; }
   const std::shared_ptr<block::Device>& device() const { return device_; }
   // Contexts besides base:allocation, by full name (nullptr if not offered).
   const MetaContexts& meta_contexts() const { return contexts_; }
@@ -58,6 +63,7 @@ class Export {
   std::string name_;
   std::shared_ptr<block::Device> device_;
   bool writable_;
+  bool discard_only_;
   std::string description_;
   std::string disk_name_;
   MetaContexts contexts_;
@@ -84,7 +90,7 @@ class ExportRegistry final : public nbd::ExportCatalog {
   // name longer than the NBD string limit or a null device.
   std::error_code add(std::string name, std::shared_ptr<block::Device> device, bool writable,
                       std::string description = {}, std::string disk_name = {},
-                      MetaContexts contexts = {});
+                      MetaContexts contexts = {}, bool discard_only = false);
   // errc::no_such_device_or_address if unknown; device_or_resource_busy
   // for a safe removal with clients attached.
   std::error_code remove(std::string_view name, RemoveMode mode);

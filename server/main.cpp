@@ -1,5 +1,6 @@
 // The `fleece` command: dispatches to `serve` (here) and `ctl` (server/ctl.hpp).
 #include "server/ctl.hpp"
+#include "server/fleece_table.hpp"
 #include "server/notify.hpp"
 #include "server/options.hpp"
 #include "server/qmp_commands.hpp"
@@ -41,11 +42,15 @@ int run_serve(int argc, char** argv) {
     // Declared after the server so it is destroyed first, while the
     // server's event hooks that point at it are still in place.
     fleece::server::QmpServer* monitors = nullptr;  // set once the QmpServer exists
+    auto emit = [&monitors](std::string_view name, std::string data) {
+      if (monitors) monitors->emit_event(name, data);
+    };
+    // Fleece stores: stale ones (a killed server's) go now, live ones at exit.
+    fleece::server::FleeceTable fleeces(server.disks(), server.registry(),
+                                        {server.options().store_dir, emit});
+    fleeces.remove_stale_stores(server.disks().list());
     auto commands = fleece::server::make_qmp_command_table(
-        {&server.disks(), &server.registry(), [&server] { server.stop(); },
-         [&monitors](std::string_view name, std::string data) {
-           if (monitors) monitors->emit_event(name, data);
-         }});
+        {&server.disks(), &server.registry(), [&server] { server.stop(); }, emit, &fleeces});
     fleece::server::QmpServer qmp(server.control_context(), commands,
                                   {.socket_path = server.options().qmp_path});
     monitors = &qmp;

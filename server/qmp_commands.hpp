@@ -25,6 +25,7 @@ namespace fleece::server {
 
 class DiskTable;
 class ExportRegistry;
+class FleeceTable;
 class QmpCommandTable;
 
 struct QmpServices {
@@ -34,6 +35,9 @@ struct QmpServices {
   // Sends an asynchronous event to every monitor; data_json is the "data"
   // object as JSON text. Callable from any thread; may be empty in tests.
   std::function<void(std::string_view name, std::string data_json)> emit_event;
+  // Fleeces (fleece-start/-stop, query-fleeces); the server's, so that
+  // shutdown deletes their stores. Null: those commands are not offered.
+  FleeceTable* fleeces = nullptr;
 };
 
 std::shared_ptr<QmpCommandTable> make_qmp_command_table(QmpServices services);
