@@ -205,8 +205,10 @@ void CbwFilter::fire_broken(const std::vector<std::pair<SnapshotId, std::error_c
 // ---------------------------------------------------------------------------
 // Guest path.
 
+// Guest reads need nothing from the filter: handing back the disk's own
+// coroutine saves a frame per request on the hottest path.
 Task<std::error_code> CbwFilter::read(uint64_t offset, std::span<std::byte> out) {
-  co_return co_await disk_->read(offset, out);
+  return disk_->read(offset, out);
 }
 
 Task<std::error_code> CbwFilter::write(uint64_t offset, std::span<const std::byte> data,
