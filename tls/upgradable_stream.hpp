@@ -40,7 +40,9 @@ class UpgradableStream {
   using lowest_layer_type = typename Socket::lowest_layer_type;
   using TlsLayer = boost::asio::ssl::stream<Socket&>;
   static constexpr size_t kCoalesceBelow = 16 * 1024;  // one TLS record's worth
-  static constexpr size_t kStagingSize = 64 * 1024;
+  // Asio's ssl stream takes at most one record (17 KiB) per write_some, so
+  // staging more than that only copies bytes that are staged again next time.
+  static constexpr size_t kStagingSize = 16 * 1024;
 
   explicit UpgradableStream(Socket socket) : socket_(std::move(socket)) {}
   UpgradableStream(UpgradableStream&& other) noexcept : socket_(std::move(other.socket_)) {
