@@ -55,7 +55,7 @@ assert d["device"] == "d" and d["export"] == "d@b1" and not d["broken"] and not 
 # A first write is copied once, into the newest store that needs it (b2's
 # once b2 started); b1 reads those clusters through it.
 assert d["preserved-bytes"] + d2["preserved-bytes"] > 0 and d2["store-bytes"] > 0
-assert d["read-bytes"] >= 4 * 48 * 2**20  # four copies (holes are skipped)
+assert d["read-bytes"] >= 4 * 40 * 2**20  # four copies or more, ~45 MiB each (holes skipped)
 assert "write-pause-us" in f["b1"]
 PYEOF
 ctl fleece-stop id=b2 >/dev/null
