@@ -4,6 +4,7 @@
 // public types and them, and owns the order of teardown.
 #include "fleece/fleece.hpp"
 
+#include "server/allocation_depth_context.hpp"
 #include "server/embed_core.hpp"
 #include "server/server.hpp"
 #include "util/log.hpp"
@@ -315,7 +316,7 @@ Error Engine::add_export(const ExportOptions& options) {
                  fmt::format("export {}: disk {} is read-only; export it without writable", options.name, options.disk));
   }
   auto ec = impl_->core->registry->add(options.name, disk->device, options.writable, options.description,
-                                       options.disk);
+                                       options.disk, disk_export_contexts(*disk));
   if (ec == std::errc::file_exists) {
     return Error{ec, fmt::format("export {}: the name is in use; remove that export first", options.name)};
   }

@@ -50,7 +50,8 @@ int run_serve(int argc, char** argv) {
                                         {server.options().store_dir, emit});
     fleeces.remove_stale_stores(server.disks().list());
     auto commands = fleece::server::make_qmp_command_table(
-        {&server.disks(), &server.registry(), [&server] { server.stop(); }, emit, &fleeces});
+        {&server.disks(), &server.registry(), [&server] { server.stop(); }, emit,
+         &server.jobs(), &fleeces});
     fleece::server::QmpServer qmp(server.control_context(), commands,
                                   {.socket_path = server.options().qmp_path});
     monitors = &qmp;

@@ -26,6 +26,7 @@ namespace fleece::server {
 class DiskTable;
 class ExportRegistry;
 class FleeceTable;
+class JobTable;
 class QmpCommandTable;
 
 struct QmpServices {
@@ -35,6 +36,9 @@ struct QmpServices {
   // Sends an asynchronous event to every monitor; data_json is the "data"
   // object as JSON text. Callable from any thread; may be empty in tests.
   std::function<void(std::string_view name, std::string data_json)> emit_event;
+  // Block jobs (block-commit); the server's, so that shutdown can cancel
+  // them. Null: the chain commands keep a table of their own (tests).
+  JobTable* jobs = nullptr;
   // Fleeces (fleece-start/-stop, query-fleeces); the server's, so that
   // shutdown deletes their stores. Null: those commands are not offered.
   FleeceTable* fleeces = nullptr;

@@ -1,4 +1,7 @@
 // blockdev-add, blockdev-del, query-block: the disk table at run time.
+// query-block shows each disk with its backing chain as QEMU does: the
+// active layer in "inserted", the layers below nested as "backing-image".
+#include "cow/backing_chain.hpp"
 #include "server/disk_table.hpp"
 #include "server/export_registry.hpp"
 #include "server/qmp_arguments.hpp"
@@ -32,6 +35,22 @@ std::vector<QmpParam> blockdev_add_params() {
   cache.members = {qmp_optional("direct", QmpType::boolean), qmp_optional("no-flush", QmpType::boolean)};
   return {qmp_required("node-name", QmpType::string), driver, qmp_required("filename", QmpType::string),
           qmp_optional("read-only", QmpType::boolean), cache};
+}
+
+// QEMU's ImageInfo, with the layers below nested as "backing-image".
+json::object image_info(const cow::ChainImageInfo& info) {
+  json::object out{{"filename", info.filename},
+                   {"format", info.format},
+                   {"virtual-size", info.virtual_size},
+                   {"actual-size", info.actual_size}};
+  if (info.cluster_size) out["cluster-size"] = info.cluster_size;
+  if (!info.backing_filename.empty()) {
+    out["backing-filename"] = info.backing_filename;
+    out["full-backing-filename"] = info.full_backing_filename;
+    if (!info.backing_filename_format.empty()) out["backing-filename-format"] = info.backing_filename_format;
+  }
+  if (info.backing_image) out["backing-image"] = image_info(*info.backing_image);
+  return out;
 }
 
 }  // namespace
@@ -93,20 +112,32 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
                  const bool read_only = disk.spec.read_only || disk.device->capabilities().read_only;
                  json::array exported;
                  for (auto& name : exports_of(*registry, disk.name)) exported.push_back(json::string(name));
-                 json::object image{{"filename", disk.spec.path},
-                                    {"format", format_name(disk.spec.format)},
-                                    {"virtual-size", disk.device->size()}};
-                 json::object inserted{
-                     {"node-name", disk.name},
-                     {"file", disk.spec.path},
-                     {"ro", read_only},
-                     {"drv", format_name(disk.spec.format)},
-                     {"backing_file_depth", 0},  // raw disks; qcow2 chains will add "backing-image"
-                     {"cache", {{"writeback", disk.spec.cache == CacheMode::writeback},
-                                {"direct", disk.spec.cache == CacheMode::none},
-                                {"no-flush", false}}},
-                     {"image", std::move(image)}};
+                 json::object inserted{{"node-name", disk.name},
+                                       {"ro", read_only},
+                                       {"encrypted", false},
+                                       {"detect_zeroes", "off"},
+                                       {"cache", {{"writeback", disk.spec.cache == CacheMode::writeback},
+                                                  {"direct", disk.spec.cache == CacheMode::none},
+                                                  {"no-flush", false}}}};
+                 if (disk.chain) {
+                   const cow::ChainImageInfo top = disk.chain->describe();
+                   inserted["file"] = top.filename;
+                   inserted["drv"] = top.format;
+                   if (!top.backing_filename.empty()) inserted["backing_file"] = top.backing_filename;
+                   inserted["backing_file_depth"] = disk.chain->length() - 1;
+                   inserted["image"] = image_info(top);
+                 } else {
+                   inserted["file"] = disk.spec.path;
+                   inserted["drv"] = format_name(disk.spec.format);
+                   inserted["backing_file_depth"] = 0;
+                   inserted["image"] = json::object{{"filename", disk.spec.path},
+                                                    {"format", format_name(disk.spec.format)},
+                                                    {"virtual-size", disk.device->size()}};
+                 }
                  out.push_back(json::object{{"device", disk.name},
+                                            {"type", "unknown"},
+                                            {"removable", false},
+                                            {"locked", false},
                                             {"inserted", std::move(inserted)},
                                             {"exports", std::move(exported)}});
                }

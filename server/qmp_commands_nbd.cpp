@@ -1,5 +1,6 @@
 // nbd-server-add, nbd-server-remove, query-nbd-exports, query-stats: the
 // export registry at run time.
+#include "server/allocation_depth_context.hpp"
 #include "server/disk_table.hpp"
 #include "server/export_registry.hpp"
 #include "server/qmp_arguments.hpp"
@@ -62,7 +63,8 @@ void register_nbd_commands(QmpCommandTable& table, const QmpServices& services) 
                if (registry->get(name) && registry->get(name)->name() == name) {
                  co_return QmpError::generic(fmt::format("NBD server already has export named '{}'", name));
                }
-               if (auto ec = registry->add(name, disk->device, writable, qmp_arg_string(args, "description"), device)) {
+               if (auto ec = registry->add(name, disk->device, writable, qmp_arg_string(args, "description"), device,
+                                             disk_export_contexts(*disk))) {
                  if (ec == std::errc::file_exists) {
                    co_return QmpError::generic(fmt::format("NBD server already has export named '{}'", name));
                  }

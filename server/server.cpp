@@ -1,6 +1,8 @@
 #include "server/server.hpp"
 
+#include "server/allocation_depth_context.hpp"
 #include "server/connection.hpp"
+#include "server/job_table.hpp"
 #include "server/listener.hpp"
 #include "server/runtime.hpp"
 #include "tls/server_context.hpp"
@@ -38,6 +40,7 @@ struct Server::Impl {
   Runtime runtime;  // first: outlives every IO object below
   ExportRegistry registry;
   DiskTable disks;
+  JobTable jobs;  // block jobs on the disks; cancelled at shutdown
   std::vector<std::unique_ptr<Listener>> listeners;
   std::optional<asio::signal_set> signals;
   std::unique_ptr<tls::ServerContext> tls;  // null when --tls off
@@ -123,6 +126,7 @@ void Server::Impl::close_all() {
 asio::awaitable<void> Server::Impl::shutdown() {
   FLEECE_LOG_INFO("server", "shutting down");
   for (auto& listener : listeners) listener->close();
+  jobs.cancel_all();  // they wind down while connections finish
   std::vector<std::shared_ptr<ConnectionHandle>> handles;
   {
     std::lock_guard lock(mutex);
@@ -150,6 +154,10 @@ asio::awaitable<void> Server::Impl::shutdown() {
       co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
   }
+
+  // A cancelled commit flushes its base and reopens it read-only.
+  co_await jobs.wait_idle(kStopGrace);
+  if (jobs.size() > 0) FLEECE_LOG_WARN("server", "{} block job(s) did not stop in time", jobs.size());
 
   // Flush every writable device once: acknowledged writes reach the disk.
   std::set<block::Device*> flushed;
@@ -186,10 +194,11 @@ Server::Server(ServeOptions options) : impl_(std::make_unique<Impl>(std::move(op
     auto disk = open_disk(spec, &message);
     if (!disk) throw StartupError(message);
     auto device = disk->device;
+    auto contexts = disk_export_contexts(*disk);
     if (s.disks.add(std::move(*disk))) {
       throw StartupError(fmt::format("disk {}: the name is used twice", spec.name));
     }
-    if (auto ec = s.registry.add(spec.name, device, !spec.read_only, {}, spec.name)) {
+    if (auto ec = s.registry.add(spec.name, device, !spec.read_only, {}, spec.name, std::move(contexts))) {
       throw StartupError(fmt::format("disk {}: cannot export it: {}", spec.name, ec.message()));
     }
     FLEECE_LOG_INFO("server", "disk {}: {} ({} bytes{})", spec.name, spec.path, device->size(),
@@ -261,6 +270,7 @@ int Server::run(std::function<void()> on_started) {
 bool Server::stopping() const { return impl_->stopping.load(); }
 ExportRegistry& Server::registry() { return impl_->registry; }
 DiskTable& Server::disks() { return impl_->disks; }
+JobTable& Server::jobs() { return impl_->jobs; }
 asio::io_context& Server::control_context() { return impl_->control(); }
 const ServeOptions& Server::options() const { return impl_->options; }
 

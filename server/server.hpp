@@ -41,6 +41,8 @@ class io_context;
 
 namespace fleece::server {
 
+class JobTable;
+
 struct ServerEvents {
   // Fired on the connection's shard thread, after the client finished
   // negotiation (connected) and after it is gone (disconnected).
@@ -71,6 +73,7 @@ class Server {
 
   ExportRegistry& registry();
   DiskTable& disks();
+  JobTable& jobs();  // block jobs (QMP block-commit); stop() cancels them
   // Shard 0's context: QMP, timers, anything not tied to one connection.
   boost::asio::io_context& control_context();
   void set_events(ServerEvents events);
