@@ -58,7 +58,8 @@ bad = [
     (dict(id="a/b", devices=["d"]), "GenericError", "expects an identifier"),
     (dict(id="x", devices=[]), "GenericError", "at least one device"),
     (dict(id="x", devices=["d", "d"]), "GenericError", "listed twice"),
-    (dict(id="x", devices=["d"], bitmaps=["b0"]), "GenericError", "'bitmaps' is not supported yet"),
+    # Refused until dirty bitmaps come (issue 7); then a string is the wrong type.
+    (dict(id="x", devices=["d"], bitmaps=["b0"]), "GenericError", ("'bitmaps' is not supported yet", "'bitmaps[0]'")),
     (dict(id="x", devices=["d"], cluster_size=1000), "GenericError", "power of two"),
     (dict(id="x", devices=["d"], cbw_timeout=-1), "GenericError", "'cbw-timeout' must be >= 0"),
     (dict(id="x", devices=["d"], on_cbw_error="ignore"), "GenericError",
@@ -67,7 +68,8 @@ bad = [
 ]
 for args, klass, text in bad:
     k, desc = qmp.error("fleece-start", **args)
-    assert k == klass and text in desc, (args, k, desc)
+    texts = text if isinstance(text, tuple) else (text,)
+    assert k == klass and any(t in desc for t in texts), (args, k, desc)
 assert qmp.ok("query-fleeces") == []
 k, desc = qmp.error("fleece-stop", id="never")
 assert k == "GenericError" and "Fleece 'never' not found" in desc, desc

@@ -61,7 +61,7 @@ PYEOF
 ctl fleece-stop id=b2 >/dev/null
 ctl fleece-stop id=b1 >/dev/null
 [[ ! -e $store ]] || fail "store still there after fleece-stop"
-[[ -z $(ls "$T" | grep fleece- || true) ]] || fail "stores left: $(ls "$T")"
+[[ -z $(ls "$T" | grep "fleece-.*qcow2" || true) ]] || fail "stores left: $(ls "$T")"
 $PY - "$T/s" <<'PYEOF' || fail "d@b1 still exported after fleece-stop"
 import nbd, sys
 h = nbd.NBD()

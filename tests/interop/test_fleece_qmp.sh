@@ -12,5 +12,5 @@ serve_start --disk d="$T/d.img" --disk e="$T/e.img" --listen unix:"$T/s"
 timeout 60 $PY "$HERE/fleece_qmp.py" "$T/s" "$T/fleece.qmp" "$T/d.img"
 assert_server_alive
 serve_stop
-[[ -z $(find "$T" -name '*.fleece-*') ]] || fail "stores left: $(find "$T" -name '*.fleece-*')"
+[[ -z $(find "$T" -name '*.fleece-*.qcow2') ]] || fail "stores left: $(find "$T" -name '*.fleece-*.qcow2')"
 echo "test_fleece_qmp: ok"
