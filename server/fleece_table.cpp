@@ -278,6 +278,12 @@ Task<FleeceStarted> FleeceTable::start(const FleeceStartRequest& request) {
     co_return failed(fmt::format("Parameter 'id' expects an identifier (a letter, then letters, digits, "
                                  "'-', '.', '_'; at most 128), got '{}'", id));
   }
+  {
+    std::lock_guard lk(state_->mutex);
+    if (state_->fleeces.contains(id) || state_->busy.contains(id)) {
+      co_return failed(fmt::format("Fleece '{}' already exists; stop it first (fleece-stop) or use another id", id));
+    }
+  }
   if (request.devices.empty()) co_return failed("Parameter 'devices' must list at least one device");
   if (request.cluster_size != 0 &&
       (request.cluster_size < 4096 || request.cluster_size > (2u << 20) ||
