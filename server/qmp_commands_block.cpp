@@ -99,6 +99,11 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
                      "Node '{}' is busy: exported over NBD as '{}'; remove the export first (nbd-server-remove)",
                      name, fmt::join(exported, "', '")));
                }
+               if (auto d = disks->find(name); d && d->chain && d->chain->job()) {
+                 co_return QmpError::generic(fmt::format(
+                     "Node '{}' is busy: block device is in use by block job: commit ('{}'); cancel it first "
+                     "(block-job-cancel)", name, *d->chain->job()));
+               }
                if (disks->remove(name)) {
                  co_return QmpError::generic(fmt::format("Failed to find node with node-name='{}'", name));
                }

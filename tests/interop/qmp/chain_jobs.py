@@ -8,8 +8,9 @@ negative speed, a second job on the chain, a read-only disk; snapshot of an
 unknown device, onto an existing file, of a read-only disk; job control of
 an unknown job. Then a slow commit is paused, resumed, re-speeded and
 cancelled, each observable in query-block-jobs, and BLOCK_JOB_CANCELLED
-leaves the chain as it was. Finally a commit still running at SIGTERM is
-cancelled by the shutdown: the server exits 0 and the chain is intact.
+leaves the chain as it was. A disk with a job cannot be deleted. Finally a
+commit still running at SIGTERM is cancelled by the shutdown: the server
+exits 0 and the chain is intact.
 """
 import os
 import time
@@ -108,6 +109,18 @@ def test():
     assert m.ok("query-block-jobs") == []
     assert depth() == 2
     assert srv.read("vm") == before, "content changed after the cancel"
+
+    # A disk with a job on its chain cannot be deleted (one added by QMP: no export).
+    d2 = os.path.join(d, "second")
+    os.mkdir(d2)
+    newcow2 = make_issue_chain(d2)[2]
+    assert m.ok("blockdev-add", node_name="vm2", driver="qcow2", filename=newcow2) == {}
+    assert m.ok(commit, job_id="k1", device="vm2", top="cow.qcow2", speed=MiB // 4) == {}
+    refused("GenericError", "Node 'vm2' is busy: block device is in use by block job: commit", "blockdev-del",
+            node_name="vm2")
+    assert m.ok("block-job-cancel", device="k1") == {}
+    assert m.event("BLOCK_JOB_CANCELLED")["data"]["device"] == "k1"
+    assert m.ok("blockdev-del", node_name="vm2") == {}
 
     # Shutdown with a job running: it is cancelled, the server exits 0.
     assert m.ok(commit, job_id="j3", device="vm", top="cow.qcow2", speed=MiB) == {}
