@@ -68,7 +68,7 @@ std::string backing_name_for(const std::string& overlay, const std::string& back
 }
 
 Task<Result<OpenedImage>> open_image(std::string path, std::string format, bool read_only,
-                                     bool direct, std::string* why) {
+                                     bool direct, std::string* why, bool keep_bitmaps) {
   if (format != "raw" && format != "qcow2")
     co_return fail(why, make_error_code(Errc::unsupported_feature),
                    fmt::format("{}: format '{}' is not supported (raw or qcow2)", path, format));
@@ -77,7 +77,7 @@ Task<Result<OpenedImage>> open_image(std::string path, std::string format, bool 
   if (!file) co_return fail(why, file.error(), msg);
   if (format == "raw") co_return OpenedImage{std::make_shared<ChainRawLayer>(*file), nullptr};
   std::string reason;
-  auto img = co_await Qcow2Image::open(*file, Qcow2OpenOptions{.read_only = read_only}, &reason);
+  auto img = co_await Qcow2Image::open(*file, Qcow2OpenOptions{.read_only = read_only, .keep_bitmaps = keep_bitmaps}, &reason);
   if (!img)
     co_return fail(why, img.error(),
                    fmt::format("{}: not a usable qcow2 image: {}", path,
@@ -127,7 +127,8 @@ Task<Result<std::shared_ptr<BackingChain>>> BackingChain::open(std::string path,
                                  "is already in the chain",
                                  cur, above));
     const bool ro = layers.empty() ? options.read_only : true;
-    auto img = co_await open_image(cur, cur_format, ro, options.direct, why);
+    const bool keep = layers.empty() && options.keep_bitmaps;
+    auto img = co_await open_image(cur, cur_format, ro, options.direct, why, keep);
     if (!img) co_return img.error();
     ChainLayer layer{.path = cur, .format = cur_format, .read_only = ro,
                      .device = img->device, .qcow2 = img->qcow2};

@@ -54,6 +54,10 @@ struct ChainOpenOptions {
   bool read_only = false;       // the top too
   bool direct = false;          // cache=none on every layer
   std::size_t max_depth = 256;  // layers, top included
+  // The top qcow2 image keeps its bitmaps extension valid on a writable
+  // open (Qcow2OpenOptions::keep_bitmaps): the caller then opens a
+  // Qcow2BitmapStore on layers().front().qcow2 before anything writes.
+  bool keep_bitmaps = false;
 };
 
 struct ChainLayer {
@@ -88,7 +92,8 @@ struct OpenedImage {
   std::shared_ptr<Qcow2Image> qcow2;
 };
 block::Task<Result<OpenedImage>> open_image(std::string path, std::string format, bool read_only,
-                                            bool direct, std::string* why);
+                                            bool direct, std::string* why,
+                                            bool keep_bitmaps = false);
 
 // "qcow2" when the file starts with the qcow2 magic, else "raw".
 Result<std::string> probe_image_format(const std::string& path, std::string* why);

@@ -29,6 +29,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,6 +72,10 @@ class BitmapFilter final : public block::Device {
   block::Task<std::error_code> cache(uint64_t offset, uint64_t length) override;
   block::Task<std::error_code> block_status(uint64_t offset, uint64_t length,
                                             std::vector<block::Extent>& out) override;
+  // Reads pass through unchanged, so the bytes are where the disk says.
+  std::optional<block::FileRange> file_range(uint64_t offset, uint64_t length) const override {
+    return below_->file_range(offset, length);
+  }
 
  private:
   void mark(uint64_t offset, uint64_t length);

@@ -8,8 +8,14 @@
 // Every disk is opened the same way, raw or qcow2, so that fleecing and
 // chain operations work on any of them:
 //
-//   export -> CbwFilter (copy-before-write, its write gate) -> BackingChain
-//             device (follows the active layer) -> the image files
+//   export -> CbwFilter (copy-before-write, its write gate) -> BitmapFilter
+//             (dirty bitmaps) -> BackingChain device (follows the active
+//             layer) -> the image files
+//
+// The BitmapFilter sits below the gate, so a fleece freezes its bitmaps at
+// the same instant as its snapshot (server/disk_bitmaps.hpp). Persistent
+// bitmaps are loaded at open, before anything writes: from the active qcow2
+// layer's bitmaps extension, or a raw disk's sidecar file.
 //
 // The CbwFilter costs one gate ticket and one bitmap test per write while no
 // fleece is open; reads pass straight through.
@@ -35,12 +41,15 @@ class CbwFilter;
 
 namespace fleece::server {
 
+class DiskBitmaps;
+
 struct Disk {
   std::string name;  // node name
   DiskSpec spec;     // path, format, readonly, cache
   std::shared_ptr<cow::BackingChain> chain;  // the image and its backing files
   std::shared_ptr<cow::CbwFilter> filter;    // over chain->device(); fleeces hook in here
   std::shared_ptr<block::Device> device;     // what exports serve: the filter
+  std::shared_ptr<DiskBitmaps> bitmaps;      // dirty bitmaps, below the filter
 };
 
 class DiskTable {

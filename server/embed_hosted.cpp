@@ -1,6 +1,7 @@
 #include "server/embed_core.hpp"
 
 #include "server/connection.hpp"
+#include "server/disk_bitmaps.hpp"
 #include "server/listener.hpp"
 #include "server/server.hpp"
 #include "util/log.hpp"
@@ -163,6 +164,7 @@ asio::awaitable<void> HostedServer::shutdown(std::shared_ptr<HostedServer> self)
   for (const auto& e : registry_.exports()) {
     if (e->writable()) co_await flush(e->device(), e->name());
   }
+  co_await persist_disk_bitmaps(disks_);  // nothing writes any more: in_use cleared
   FLEECE_LOG_INFO("embed", "stopped");
 
   std::vector<std::function<void()>> callbacks;

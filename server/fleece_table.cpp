@@ -274,6 +274,8 @@ std::string FleeceTable::store_dir_for(const Disk& disk) const {
 
 Task<FleeceStarted> FleeceTable::start(const FleeceStartRequest& request) {
   const std::string id = request.id;
+  const std::function<std::error_code()> at_point_in_time = request.at_point_in_time;
+  const auto view_contexts = request.view_contexts;
   if (!is_identifier(id)) {
     co_return failed(fmt::format("Parameter 'id' expects an identifier (a letter, then letters, digits, "
                                  "'-', '.', '_'; at most 128), got '{}'", id));
@@ -356,7 +358,7 @@ Task<FleeceStarted> FleeceTable::start(const FleeceStartRequest& request) {
       relink.push_back(std::move(newest));
     }
   }
-  auto group = co_await snapshot::FleeceGroup::start(id, std::move(members), request.policy);
+  auto group = co_await snapshot::FleeceGroup::start(id, std::move(members), request.policy, &at_point_in_time);
   for (const auto& store : relink) {
     if (auto ec = co_await store->apply_links()) {
       FLEECE_LOG_WARN("fleece", "fleece {}: re-pointing the backing file of {}: {} (qemu-img reading "
@@ -379,7 +381,8 @@ Task<FleeceStarted> FleeceTable::start(const FleeceStartRequest& request) {
     auto& m = entry->members[i];
     auto view = entry->group->members()[i].view;
     const std::string description = fmt::format("fleece {} of {}", id, m.device);
-    if (auto ec = registry_.add(m.export_name, view, false, description, m.device, {}, true)) {
+    MetaContexts contexts = view_contexts ? view_contexts(m.device) : MetaContexts{};
+    if (auto ec = registry_.add(m.export_name, view, false, description, m.device, std::move(contexts), true)) {
       for (const auto& name : out.exports) registry_.remove(name, ExportRegistry::RemoveMode::hard);
       co_await entry->group->stop();
       co_return failed(fmt::format("fleece {}: cannot export '{}': {}", id, m.export_name,

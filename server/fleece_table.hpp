@@ -61,6 +61,11 @@ struct FleeceStartRequest {
   std::vector<std::string> devices;  // node names, distinct
   cow::SnapshotPolicy policy;
   uint32_t cluster_size = 0;  // 0: the disk's current store cluster size, else 64 KiB
+  // Optional: runs at the point in time, every gate closed (dirty bitmaps
+  // freeze here); an error fails the start.
+  std::function<std::error_code()> at_point_in_time;
+  // Optional: extra metadata contexts of a device's NAME@ID export.
+  std::function<MetaContexts(const std::string& device)> view_contexts;
 };
 
 // Why a start/stop failed: the message is the QMP "desc".

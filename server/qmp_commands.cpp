@@ -10,6 +10,7 @@ std::shared_ptr<QmpCommandTable> make_qmp_command_table(QmpServices services) {
   register_nbd_commands(*table, services);
   register_fleece_commands(*table, services);
   register_chain_commands(*table, services);
+  register_bitmap_commands(*table, services);
   register_misc_commands(*table, services);
   return table;
 }

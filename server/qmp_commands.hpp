@@ -9,6 +9,8 @@
 //                           query-nbd-exports, query-stats
 //   qmp_commands_fleece.cpp fleece-start, fleece-stop, query-fleeces
 //   qmp_commands_chain.cpp  blockdev-snapshot-sync, block-commit, block-job-*
+//   qmp_commands_bitmap.cpp block-dirty-bitmap-add/-remove/-clear/-enable/
+//                           -disable/-merge
 //   qmp_commands_misc.cpp   quit, query-version, query-commands
 // A new group adds its function here and a call in make_qmp_command_table.
 //
@@ -50,6 +52,7 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
 void register_nbd_commands(QmpCommandTable& table, const QmpServices& services);
 void register_fleece_commands(QmpCommandTable& table, const QmpServices& services);
 void register_chain_commands(QmpCommandTable& table, const QmpServices& services);
+void register_bitmap_commands(QmpCommandTable& table, const QmpServices& services);
 // `table` is also what query-commands lists, so this group is added last.
 void register_misc_commands(QmpCommandTable& table, const QmpServices& services);
 

@@ -5,6 +5,8 @@
 #include "server/disk_table.hpp"
 #include "server/export_registry.hpp"
 #include "server/qmp_arguments.hpp"
+#include "server/qmp_bitmaps.hpp"
+#include "server/disk_bitmaps.hpp"
 #include "server/qmp_commands.hpp"
 #include "util/log.hpp"
 
@@ -104,6 +106,11 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
                      "Node '{}' is busy: block device is in use by block job: commit ('{}'); cancel it first "
                      "(block-job-cancel)", name, *d->chain->job()));
                }
+               if (auto d = disks->find(name); d && d->bitmaps) {  // persistent bitmaps, in_use cleared
+                 if (auto ec = co_await d->bitmaps->persist()) {
+                   FLEECE_LOG_WARN("qmp", "blockdev-del {}: lost persistent bitmaps: {}", name, ec.message());
+                 }
+               }
                if (disks->remove(name)) {
                  co_return QmpError::generic(fmt::format("Failed to find node with node-name='{}'", name));
                }
@@ -138,6 +145,9 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
                    inserted["image"] = json::object{{"filename", disk.spec.path},
                                                     {"format", format_name(disk.spec.format)},
                                                     {"virtual-size", disk.device->size()}};
+                 }
+                 if (auto bitmaps = dirty_bitmaps_info(disk); !bitmaps.empty()) {
+                   inserted["dirty-bitmaps"] = std::move(bitmaps);
                  }
                  out.push_back(json::object{{"device", disk.name},
                                             {"type", "unknown"},

@@ -1,6 +1,7 @@
 // fleece-start, fleece-stop, query-fleeces: the fleece table at run time.
 #include "server/fleece_table.hpp"
 #include "server/qmp_arguments.hpp"
+#include "server/qmp_bitmaps.hpp"
 #include "server/qmp_commands.hpp"
 #include "util/log.hpp"
 
@@ -43,11 +44,6 @@ std::variant<FleeceStartRequest, QmpError> read_start_request(const json::object
     }
     request.devices.emplace_back(devices[i].get_string());
   }
-  if (const json::value* bitmaps = args.if_contains("bitmaps"); bitmaps && !bitmaps->get_array().empty()) {
-    return QmpError::generic(
-        "Parameter 'bitmaps' is not supported yet (fleecing only what a dirty bitmap marks comes "
-        "later); leave it out to fleece whole disks");
-  }
   if (qmp_arg_string(args, "on-cbw-error", "break-snapshot") == "break-guest-write") {
     request.policy.on_error = cow::OnCbwError::break_guest_write;
   }
@@ -89,13 +85,24 @@ json::object member_object(const FleeceMemberInfo& m) {
 
 void register_fleece_commands(QmpCommandTable& table, const QmpServices& services) {
   FleeceTable* fleeces = services.fleeces;
+  DiskTable* disks = services.disks;
   if (!fleeces) return;
 
-  table.add({"fleece-start", fleece_start_params(), [fleeces](const json::object& args) -> awaitable<QmpResult> {
+  table.add({"fleece-start", fleece_start_params(), [fleeces, disks](const json::object& args) -> awaitable<QmpResult> {
                auto parsed = read_start_request(args);
                if (auto* error = std::get_if<QmpError>(&parsed)) co_return *error;
                FleeceStartRequest request = std::get<FleeceStartRequest>(std::move(parsed));
+               // Dirty bitmaps freeze at the point in time (server/qmp_bitmaps.hpp).
+               auto prepared = FleeceBitmaps::prepare(*disks, request.id, request.devices, args.if_contains("bitmaps"));
+               if (auto* error = std::get_if<QmpError>(&prepared)) co_return *error;
+               auto bitmaps = std::get<std::shared_ptr<FleeceBitmaps>>(std::move(prepared));
+               if (!bitmaps->empty()) {
+                 request.at_point_in_time = [bitmaps] { return bitmaps->freeze(); };
+                 request.view_contexts = [bitmaps](const std::string& device) { return bitmaps->contexts(device); };
+               }
                FleeceStarted started = co_await fleeces->start(request);
+               if (started.error) bitmaps->rollback();
+               else bitmaps->commit();
                if (started.error) co_return to_qmp(*started.error);
                json::array exports;
                for (const auto& e : started.exports) exports.push_back(json::string(e));

@@ -4,6 +4,7 @@
 #include "server/disk_table.hpp"
 #include "server/export_registry.hpp"
 #include "server/qmp_arguments.hpp"
+#include "server/qmp_bitmaps.hpp"
 #include "server/qmp_commands.hpp"
 #include "util/log.hpp"
 
@@ -48,11 +49,10 @@ void register_nbd_commands(QmpCommandTable& table, const QmpServices& services) 
                const std::string device = qmp_arg_string(args, "device");
                const std::string name = qmp_arg_string(args, "name", device);
                const bool writable = qmp_arg_bool(args, "writable", false);
-               if (const json::value* bitmaps = args.if_contains("bitmaps"); bitmaps && !bitmaps->get_array().empty()) {
-                 co_return QmpError::generic("Exporting dirty bitmaps is not supported yet; leave 'bitmaps' out");
-               }
                auto disk = disks->find(device);
                if (!disk) co_return QmpError::device_not_found(fmt::format("Device '{}' not found", device));
+               auto bitmap_contexts = export_bitmap_contexts(*disk, args.if_contains("bitmaps"), writable);
+               if (auto* error = std::get_if<QmpError>(&bitmap_contexts)) co_return *error;
                if (writable && (disk->spec.read_only || disk->device->capabilities().read_only)) {
                  co_return QmpError::generic(fmt::format(
                      "Node '{}' is read-only; export it without writable=true", device));
@@ -63,8 +63,10 @@ void register_nbd_commands(QmpCommandTable& table, const QmpServices& services) 
                if (registry->get(name) && registry->get(name)->name() == name) {
                  co_return QmpError::generic(fmt::format("NBD server already has export named '{}'", name));
                }
+               MetaContexts contexts = disk_export_contexts(*disk);
+               for (auto& c : std::get<MetaContexts>(bitmap_contexts)) contexts.push_back(std::move(c));
                if (auto ec = registry->add(name, disk->device, writable, qmp_arg_string(args, "description"), device,
-                                             disk_export_contexts(*disk))) {
+                                             std::move(contexts))) {
                  if (ec == std::errc::file_exists) {
                    co_return QmpError::generic(fmt::format("NBD server already has export named '{}'", name));
                  }

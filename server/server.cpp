@@ -2,6 +2,7 @@
 
 #include "server/allocation_depth_context.hpp"
 #include "server/connection.hpp"
+#include "server/disk_bitmaps.hpp"
 #include "server/job_table.hpp"
 #include "server/listener.hpp"
 #include "server/runtime.hpp"
@@ -173,6 +174,7 @@ asio::awaitable<void> Server::Impl::shutdown() {
   for (const auto& e : registry.exports()) {
     if (e->writable()) co_await flush(e->device(), e->name());
   }
+  co_await persist_disk_bitmaps(disks);  // nothing writes any more: in_use cleared
   if (signals) signals->cancel(ec);
   FLEECE_LOG_INFO("server", "stopped");
   runtime.stop();

@@ -10,7 +10,8 @@ using block::Task;
 
 Task<Result<std::unique_ptr<FleeceGroup>>> FleeceGroup::start(std::string id,
                                                               std::vector<Member> members,
-                                                              cow::SnapshotPolicy policy) {
+                                                              cow::SnapshotPolicy policy,
+                                                              const std::function<std::error_code()>* at_point_in_time) {
   if (members.empty()) co_return std::make_error_code(std::errc::invalid_argument);
   std::set<const cow::CbwFilter*> distinct;
   for (auto& m : members) {
@@ -34,6 +35,10 @@ Task<Result<std::unique_ptr<FleeceGroup>>> FleeceGroup::start(std::string id,
     }
     installed.push_back(Installed{m.device, m.filter, *sid,
                                   std::make_shared<FrozenView>(m.filter, *sid)});
+  }
+  if (!failure && at_point_in_time && *at_point_in_time) {
+    failure = (*at_point_in_time)();
+    if (failure) FLEECE_LOG_WARN("fleece", "fleece {}: at the point in time: {}", id, failure.message());
   }
   if (failure) {
     for (auto& i : installed) co_await i.filter->remove_snapshot(i.snapshot);

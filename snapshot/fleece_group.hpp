@@ -10,6 +10,11 @@
 // installed are removed before the gates open and the error is returned:
 // nothing is half started.
 //
+// at_point_in_time (optional) runs once every snapshot is installed and
+// before the gates open: whatever it does (freezing dirty bitmaps) happens
+// at the point in time. An error from it fails start() like a failed
+// install. The caller keeps the function alive until start() completes.
+//
 // stop() removes every member's snapshot (its views read as gone from then
 // on; each store goes once no older snapshot reads through it). Destroying
 // a started group without stop() leaves the snapshots installed.
@@ -20,6 +25,7 @@
 #include "util/result.hpp"
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,7 +48,8 @@ class FleeceGroup {
 
   static block::Task<Result<std::unique_ptr<FleeceGroup>>> start(std::string id,
                                                                  std::vector<Member> members,
-                                                                 cow::SnapshotPolicy policy);
+                                                                 cow::SnapshotPolicy policy,
+                                                                 const std::function<std::error_code()>* at_point_in_time = nullptr);
   block::Task<std::error_code> stop();
 
   const std::string& id() const { return id_; }
