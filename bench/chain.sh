@@ -23,18 +23,11 @@
 # fleece under load it includes serving the writes).
 set -euo pipefail
 
-SRC=$(cd "$(dirname "$0")/.." && pwd)
-HERE=$SRC/bench
-. "$HERE/servers.sh"
-. "$HERE/measure.sh"
-
-QUICK=${QUICK:-}
-if [[ -n $QUICK ]]; then SIZE_MIB=256 RUNTIME=3; else SIZE_MIB=1024 RUNTIME=10; fi
+. "$(dirname "$0")/preamble.sh"
+bench_sizes 256 3 1024 10
 LIMIT_MIB=64
 
-WORK=$(mktemp -d /tmp/fleece-bench.XXXXXX)
-SRV_PID= FIO_PID=
-trap '[[ -n $FIO_PID ]] && kill -KILL $FIO_PID 2>/dev/null; [[ -n $SRV_PID ]] && kill -KILL $SRV_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+bench_work
 
 find_fleece
 probe_qemu_aio

@@ -12,18 +12,11 @@
 # per request, and the fleece/peer ratios of both.
 set -euo pipefail
 
-SRC=$(cd "$(dirname "$0")/.." && pwd)
-HERE=$SRC/bench
-. "$HERE/servers.sh"
-. "$HERE/measure.sh"
-
-QUICK=${QUICK:-}
-if [[ -n $QUICK ]]; then SIZE_MIB=256 RUNTIME=3; else SIZE_MIB=2048 RUNTIME=15; fi
+. "$(dirname "$0")/preamble.sh"
+bench_sizes 256 3 2048 15
 SERVERS=${SERVERS:-fleece qemu-nbd nbdkit}
 
-WORK=$(mktemp -d /tmp/fleece-bench.XXXXXX)
-SRV_PID=
-trap '[[ -n $SRV_PID ]] && kill -KILL $SRV_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+bench_work
 
 find_fleece
 probe_qemu_aio

@@ -12,7 +12,8 @@ find_fleece() {
   [[ -x $FLEECE ]] || { echo "no fleece binary at $FLEECE" >&2; exit 1; }
 }
 
-# start_server NAME IMAGE SOCKET: logs go to $WORK. With TLS_CREDS=DIR (a
+# start_server NAME IMAGE SOCKET: logs go to $WORK. FLEECE_ARGS: more words
+# for fleece's command line (e.g. --store-dir DIR). With TLS_CREDS=DIR (a
 # QEMU-layout x509 directory), the server requires TLS with those
 # certificates and verifies client certificates against DIR/ca-cert.pem.
 start_server() {
@@ -28,7 +29,7 @@ start_server() {
   case $name in
     fleece)
       "$FLEECE" serve --disk d="$img",cache=writeback --listen unix:"$sock" "${tls[@]}" \
-        --qmp unix:"$WORK/fleece.qmp" --log-level warn >"$WORK/fleece.out" 2>"$WORK/fleece.err" &
+        --qmp unix:"$WORK/fleece.qmp" --log-level warn ${FLEECE_ARGS:-} >"$WORK/fleece.out" 2>"$WORK/fleece.err" &
       SRV_PID=$!
       wait_for 'grep -qx "fleece: ready" "$WORK/fleece.out"' "fleece" ;;
     qemu-nbd)

@@ -18,12 +18,7 @@
 # client: fio's nbd engine has no TLS), in both modes.
 set -euo pipefail
 
-SRC=$(cd "$(dirname "$0")/.." && pwd)
-HERE=$SRC/bench
-. "$HERE/servers.sh"
-. "$HERE/measure.sh"
-
-QUICK=${QUICK:-}
+. "$(dirname "$0")/preamble.sh"
 if [[ -n $QUICK ]]; then SIZE_MIB=256 RUNTIME=3 ROUNDS=${ROUNDS:-1}; else SIZE_MIB=2048 RUNTIME=15 ROUNDS=${ROUNDS:-3}; fi
 SERVERS=${SERVERS:-fleece qemu-nbd nbdkit}
 MODES="plain tls"
