@@ -21,6 +21,9 @@ with open(path, "wb") as f:
             f.seek(i * chunk)
             f.write(os.urandom(chunk))
 PYEOF
+  # Written back before any server starts: otherwise the first server
+  # measured shares the machine with the kernel's writeback of the image.
+  sync "$IMG"
 }
 
 # measure SERVER TEST UNIT CMD...: runs CMD, records the result it prints
