@@ -94,6 +94,18 @@ Task<void> wait_done(const Outcome& o, std::chrono::milliseconds limit = 30000ms
   while (!o.done() && std::chrono::steady_clock::now() < end) co_await sleep_for(2ms);
 }
 
+// Starts a commit job and runs it to its end on a private event loop.
+void commit_to_end(const std::shared_ptr<cow::BackingChain>& chain,
+                   const snapshot::CommitJobOptions& options, Outcome& out) {
+  run([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto job = snapshot::CommitJob::create(ex, chain, options, events_into(out));
+    REQUIRE(job);
+    (*job)->start();
+    co_await wait_done(out);
+  }());
+}
+
 }  // namespace
 
 TEST_CASE("commit: the issue's chain, cow.qcow2 into master.img while the guest writes") {
@@ -375,14 +387,7 @@ TEST_CASE("commit: a smaller raw base is grown") {
   IssueChain q(4 * kMiB);  // master.img 4 MiB under an 8 MiB chain
   auto chain = q.open();
   Outcome out;
-  run([&]() -> Task<void> {
-    auto ex = co_await asio::this_coro::executor;
-    auto job = snapshot::CommitJob::create(ex, chain, {.job_id = "g", .top = q.cow},
-                                           events_into(out));
-    REQUIRE(job);
-    (*job)->start();
-    co_await wait_done(out);
-  }());
+  commit_to_end(chain, {.job_id = "g", .top = q.cow}, out);
   REQUIRE(out.completed);
   CHECK(out.info.error.empty());
   CHECK(std::filesystem::file_size(q.master) == kSize);
@@ -412,15 +417,7 @@ TEST_CASE("commit: a middle layer of four into a qcow2 base, written by an inter
   REQUIRE(c);
   auto chain = *c;
   Outcome out;
-  run([&]() -> Task<void> {
-    auto ex = co_await asio::this_coro::executor;
-    auto job = snapshot::CommitJob::create(ex, chain,
-                                           {.job_id = "m", .top = "m1.qcow2", .base = "b.qcow2"},
-                                           events_into(out));
-    REQUIRE(job);
-    (*job)->start();
-    co_await wait_done(out);
-  }());
+  commit_to_end(chain, {.job_id = "m", .top = "m1.qcow2", .base = "b.qcow2"}, out);
   REQUIRE(out.completed);
   CHECK(out.info.error.empty());
   auto ls = chain->layers();
