@@ -8,7 +8,9 @@
 #   ROUNDS=N                    A/B rounds
 #
 # The disk: a raw image of random data, no holes, served by fleece as export
-# d (cache=writeback), in the page cache.
+# d (cache=writeback), on tmpfs (/dev/shm when it has room): no writeback of
+# dirty pages lands in some rounds and not others, so what is left between A
+# and B is the server's own cost. Backups are written to $WORK (/tmp).
 # Part 1, bitmap cost: fio's nbd engine, 4k random writes, iodepth 32, one
 # connection, time-based; each round runs them with no bitmap (A) and with one
 # enabled bitmap (B: block-dirty-bitmap-add, 64 KiB granularity, a fresh one
@@ -39,7 +41,12 @@ echo "building the incremental backup client" >&2
 INCREMENTAL=$WORK/incremental
 g++ -std=c++20 -O2 -o "$INCREMENTAL" "$HERE/incremental.cpp" $(pkg-config --cflags --libs libnbd)
 
-IMG=$WORK/disk.img SIZE=$((SIZE_MIB << 20)) ROWS=$WORK/rows.tsv SOCK=$WORK/s
+IMG=$WORK/disk.img
+if [[ -d /dev/shm && -w /dev/shm ]] && (($(df -k --output=avail /dev/shm | tail -1) > 2 * (SIZE_MIB << 10))); then
+  IMG=$(mktemp /dev/shm/fleece-bench-disk.XXXXXX)
+  trap '[[ -n $SRV_PID ]] && kill -KILL $SRV_PID 2>/dev/null; rm -rf "$WORK" "$IMG"' EXIT
+fi
+SIZE=$((SIZE_MIB << 20)) ROWS=$WORK/rows.tsv SOCK=$WORK/s
 : >"$ROWS"
 echo "making a $SIZE_MIB MiB image of random data" >&2
 head -c "$SIZE" /dev/urandom >"$IMG"
@@ -120,7 +127,7 @@ echo "  restore = d@f2 ($at_f2)" >&2
 stop_server
 
 echo
-echo "fleece $FLEECE (tree $(git -C "$SRC" describe --always --dirty 2>/dev/null || echo '?')), image ${SIZE_MIB} MiB," \
+echo "fleece $FLEECE (tree $(git -C "$SRC" describe --always --dirty 2>/dev/null || echo '?')), image ${SIZE_MIB} MiB in $(dirname "$IMG") ($(df --output=fstype "$IMG" | tail -1))," \
   "fio runs ${RUNTIME} s, $ROUNDS rounds, $(nproc) cores, $(date -u +%Y-%m-%d), load at start: $LOAD"
 echo
 /usr/bin/python3 - "$ROWS" "$SIZE" "$inc_bytes" "$inc_extents" "${full[*]}" "${inc[*]}" <<'PYEOF'
