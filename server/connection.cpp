@@ -338,7 +338,8 @@ class Connection final : public ConnectionHandle,
           asio::post(executor, [weak] {
             if (auto s = weak.lock()) s->close_now();
           });
-        });
+        },
+        counters_);
     FLEECE_LOG_INFO("nbd", "{}: serving export '{}' ({} bytes{}{})", peer_, export_->name(),
                     session_.export_info.size, structured_ ? ", structured" : "",
                     export_->writable() ? "" : ", read-only");
@@ -783,6 +784,9 @@ class Connection final : public ConnectionHandle,
     uint64_t bytes = job->request.type == nbd::kCmdRead || job->request.type == nbd::kCmdWrite
                          ? job->request.length : 0;
     stats.end(stats_op(job->request.type), bytes, uint64_t(micros.count()), bool(ec));
+    if (!ec && job->request.type == nbd::kCmdRead) {
+      counters_->read_bytes.fetch_add(job->request.length, std::memory_order_relaxed);
+    }
     --in_flight_;
     queue(job);
     maybe_finish_stop();
@@ -808,6 +812,7 @@ class Connection final : public ConnectionHandle,
   // Negotiated contexts by id; nullptr stands for base:allocation.
   std::vector<std::pair<uint32_t, std::shared_ptr<MetaContext>>> contexts_;
   uint64_t client_id_ = 0;
+  std::shared_ptr<ClientCounters> counters_ = std::make_shared<ClientCounters>();  // query-fleeces per client
 
   std::vector<uint8_t> read_buffer_;
   size_t read_pos_ = 0, read_end_ = 0;

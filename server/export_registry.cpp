@@ -117,8 +117,14 @@ bool ExportRegistry::empty() const {
   return exports_.empty();
 }
 
+ClientInfo ExportRegistry::Client::snapshot() const {
+  ClientInfo out = info;
+  if (counters) out.read_bytes = counters->read_bytes.load(std::memory_order_relaxed);
+  return out;
+}
+
 uint64_t ExportRegistry::attach_client(const std::string& export_name, std::string peer,
-                                       CloseClient close) {
+                                       CloseClient close, std::shared_ptr<const ClientCounters> counters) {
   ClientInfo info;
   ClientHook hook;
   {
@@ -127,7 +133,7 @@ uint64_t ExportRegistry::attach_client(const std::string& export_name, std::stri
     info.export_name = export_name;
     info.peer = std::move(peer);
     info.connected_at = std::chrono::system_clock::now();
-    clients_.emplace(info.id, Client{info, std::move(close)});
+    clients_.emplace(info.id, Client{info, std::move(close), std::move(counters)});
     hook = on_connected_;
   }
   if (hook) hook(info);
@@ -141,7 +147,7 @@ void ExportRegistry::detach_client(uint64_t id) {
     std::lock_guard lock(mutex_);
     auto it = clients_.find(id);
     if (it == clients_.end()) return;
-    info = std::move(it->second.info);
+    info = it->second.snapshot();
     clients_.erase(it);
     hook = on_disconnected_;
   }
@@ -151,7 +157,7 @@ void ExportRegistry::detach_client(uint64_t id) {
 std::vector<ClientInfo> ExportRegistry::clients() const {
   std::lock_guard lock(mutex_);
   std::vector<ClientInfo> out;
-  for (const auto& [id, c] : clients_) out.push_back(c.info);
+  for (const auto& [id, c] : clients_) out.push_back(c.snapshot());
   return out;
 }
 
@@ -159,7 +165,7 @@ std::vector<ClientInfo> ExportRegistry::clients(std::string_view export_name) co
   std::lock_guard lock(mutex_);
   std::vector<ClientInfo> out;
   for (const auto& [id, c] : clients_) {
-    if (c.info.export_name == export_name) out.push_back(c.info);
+    if (c.info.export_name == export_name) out.push_back(c.snapshot());
   }
   return out;
 }

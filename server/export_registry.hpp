@@ -18,6 +18,7 @@
 #include "server/export_stats.hpp"
 #include "server/meta_context.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -75,6 +76,13 @@ struct ClientInfo {
   std::string export_name;
   std::string peer;  // "unix", "127.0.0.1:53422", "[::1]:53422"
   std::chrono::system_clock::time_point connected_at;
+  uint64_t read_bytes = 0;  // of the READ requests that succeeded so far
+};
+
+// What one connection counts as its requests complete: written by that
+// connection alone (relaxed), read by clients() at any time.
+struct ClientCounters {
+  std::atomic<uint64_t> read_bytes{0};
 };
 
 class ExportRegistry final : public nbd::ExportCatalog {
@@ -101,7 +109,9 @@ class ExportRegistry final : public nbd::ExportCatalog {
 
   // Connections in transmission register here; the hooks fire outside the
   // lock on the calling thread. close is called (once) by a hard removal.
-  uint64_t attach_client(const std::string& export_name, std::string peer, CloseClient close);
+  // counters, if given, are what clients() reports for this one.
+  uint64_t attach_client(const std::string& export_name, std::string peer, CloseClient close,
+                         std::shared_ptr<const ClientCounters> counters = nullptr);
   void detach_client(uint64_t id);
   std::vector<ClientInfo> clients() const;
   std::vector<ClientInfo> clients(std::string_view export_name) const;
@@ -116,6 +126,8 @@ class ExportRegistry final : public nbd::ExportCatalog {
   struct Client {
     ClientInfo info;
     CloseClient close;
+    std::shared_ptr<const ClientCounters> counters;
+    ClientInfo snapshot() const;
   };
   std::shared_ptr<Export> resolve_locked(std::string_view name) const;
 

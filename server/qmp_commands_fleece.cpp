@@ -64,7 +64,9 @@ std::variant<FleeceStartRequest, QmpError> read_start_request(const json::object
 
 json::object member_object(const FleeceMemberInfo& m) {
   json::array clients;
-  for (const ClientInfo& c : m.clients) clients.push_back(json::object{{"id", c.id}, {"address", c.peer}});
+  for (const ClientInfo& c : m.clients) {
+    clients.push_back(json::object{{"id", c.id}, {"address", c.peer}, {"read-bytes", c.read_bytes}});
+  }
   const cow::SnapshotStats& s = m.stats;
   return {{"device", m.device},
           {"export", m.export_name},
