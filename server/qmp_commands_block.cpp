@@ -7,6 +7,7 @@
 #include "server/qmp_arguments.hpp"
 #include "server/qmp_bitmaps.hpp"
 #include "server/disk_bitmaps.hpp"
+#include "server/fleece_table.hpp"
 #include "server/qmp_commands.hpp"
 #include "util/log.hpp"
 
@@ -60,9 +61,10 @@ json::object image_info(const cow::ChainImageInfo& info) {
 void register_block_commands(QmpCommandTable& table, const QmpServices& services) {
   DiskTable* disks = services.disks;
   ExportRegistry* registry = services.registry;
+  FleeceTable* fleeces = services.fleeces;
 
   table.add({"blockdev-add", blockdev_add_params(),
-             [disks](const json::object& args) -> awaitable<QmpResult> {
+             [disks, fleeces](const json::object& args) -> awaitable<QmpResult> {
                DiskSpec spec;
                spec.name = qmp_arg_string(args, "node-name");
                spec.path = qmp_arg_string(args, "filename");
@@ -86,6 +88,8 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
                  co_return QmpError::generic(fmt::format("Duplicate nodes with node-name='{}'", spec.name));
                }
                FLEECE_LOG_INFO("qmp", "blockdev-add {}: {} ({})", spec.name, spec.path, format_name(spec.format));
+               // Stores a killed server left beside this disk (start-up sweeps only --disk disks).
+               if (auto added = disks->find(spec.name); added && fleeces) fleeces->remove_stale_stores({*added});
                co_return json::value(json::object());
              }});
 
