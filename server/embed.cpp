@@ -6,6 +6,8 @@
 
 #include "server/allocation_depth_context.hpp"
 #include "server/embed_core.hpp"
+#include "server/fleece_table.hpp"
+#include "server/qmp_command_table.hpp"
 #include "server/server.hpp"
 #include "util/log.hpp"
 
@@ -52,7 +54,7 @@ server::ServeOptions to_serve_options(const EngineOptions& options) {
 }
 
 ClientInfo to_public(const server::ClientInfo& c) {
-  return ClientInfo{c.id, c.export_name, c.peer, c.connected_at};
+  return ClientInfo{c.id, c.export_name, c.peer, c.connected_at, c.read_bytes};
 }
 
 Error error(std::errc code, std::string message) {
@@ -62,27 +64,6 @@ Error error(std::errc code, std::string message) {
 Error engine_gone() { return error(std::errc::operation_canceled, "the engine has stopped"); }
 
 }  // namespace
-
-struct Engine::Impl {
-  std::shared_ptr<server::EmbedCore> core = std::make_shared<server::EmbedCore>();
-  std::unique_ptr<server::Server> server;          // owned threads
-  std::shared_ptr<server::HostedServer> hosted;    // the host's context
-  boost::asio::io_context* control = nullptr;      // where a blocking wait() would deadlock; dead once finished
-
-  std::vector<std::string> addresses;  // kept: they outlive the server
-  std::vector<uint16_t> ports;
-
-  std::atomic<bool> stopping{false};
-  std::mutex mutex;  // guards everything below
-  bool started = false;
-  bool finished = false;  // owned threads: torn down
-  std::vector<std::function<void()>> on_stopped;
-  std::function<void(const ClientInfo&)> connected, disconnected;
-  std::mutex wait_mutex;  // one waiter joins the threads; the others wait for it
-
-  void install_hooks();
-  void teardown();
-};
 
 void Engine::Impl::install_hooks() {
   std::shared_lock lock(core->mutex);
@@ -108,6 +89,7 @@ void Engine::Impl::teardown() {
     core->disks = nullptr;
     core->registry = nullptr;
     core->accepting = false;
+    drop_control();  // stores deleted while the tables still exist
     dying = std::move(server);
   }
   std::vector<std::function<void()>> callbacks;
@@ -135,6 +117,7 @@ Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>()) {
   s.core->registry = &s.server->registry();
   s.addresses = s.server->listen_addresses();
   s.ports = s.server->bound_ports();
+  s.make_control(options.store_dir);
 }
 
 Engine::Engine(EngineOptions options, boost::asio::io_context& io) : impl_(std::make_shared<Impl>()) {
@@ -152,6 +135,7 @@ Engine::Engine(EngineOptions options, boost::asio::io_context& io) : impl_(std::
   s.core->registry = &s.hosted->registry();
   s.addresses = s.hosted->listen_addresses();
   s.ports = s.hosted->bound_ports();
+  s.make_control(options.store_dir);
 }
 
 Engine::~Engine() {
@@ -167,6 +151,7 @@ Engine::~Engine() {
   impl_->core->disks = nullptr;
   impl_->core->registry = nullptr;
   impl_->core->accepting = false;
+  impl_->drop_control();
   impl_->hosted.reset();
 }
 
@@ -276,6 +261,7 @@ Disk Engine::open_disk(const DiskOptions& options, Error* error_out) {
     return fail(error(std::errc::file_exists, fmt::format("disk {}: the name is in use; close it first or pick another", spec.name)));
   }
   FLEECE_LOG_INFO("embed", "disk {}: {} ({} bytes{})", spec.name, spec.path, size, spec.read_only ? ", read-only" : "");
+  impl_->sweep_stale_stores(spec.name);
   if (error_out) *error_out = Error{};
   return Disk(make_disk_impl(impl_->core, spec.name, size, spec.read_only));
 }

@@ -5,6 +5,9 @@
 // finishes, so handles that outlive the engine fail cleanly instead of
 // touching a destroyed io_context.
 //
+// Engine::Impl is the Engine's state (embed.cpp: lifecycle, disks,
+// exports; embed_fleece.cpp: fleeces and bitmaps).
+//
 // HostedServer is the server for the second way to run an Engine: on the
 // host's io_context. It is the same assembly as server::Server (listeners,
 // one coroutine per connection, the export registry, the disk table, the
@@ -36,6 +39,9 @@ namespace fleece::server {
 
 class Listener;
 class ConnectionHandle;
+class FleeceTable;
+class QmpCommandTable;
+class Server;
 
 struct EmbedCore {
   // Held shared while submitting work, exclusively while clearing.
@@ -92,6 +98,45 @@ class HostedServer : public std::enable_shared_from_this<HostedServer> {
 }  // namespace fleece::server
 
 namespace fleece {
+
+struct Engine::Impl {
+  std::shared_ptr<server::EmbedCore> core = std::make_shared<server::EmbedCore>();
+  std::unique_ptr<server::Server> server;          // owned threads
+  std::shared_ptr<server::HostedServer> hosted;    // the host's context
+  boost::asio::io_context* control = nullptr;      // where a blocking wait() would deadlock; dead once finished
+
+  std::vector<std::string> addresses;  // kept: they outlive the server
+  std::vector<uint16_t> ports;
+
+  std::atomic<bool> stopping{false};
+  std::mutex mutex;  // guards everything below
+  bool started = false;
+  bool finished = false;  // owned threads: torn down
+  std::vector<std::function<void()>> on_stopped;
+  std::function<void(const ClientInfo&)> connected, disconnected;
+  std::mutex wait_mutex;  // one waiter joins the threads; the others wait for it
+
+  // Fleeces and bitmaps go through the QMP command handlers (the same code
+  // as `fleece serve`), one command at a time like one QMP monitor. Guarded
+  // by core->mutex like the tables they point into; set up by
+  // make_control(), dropped (stores deleted) by drop_control() before the
+  // tables go away.
+  std::unique_ptr<server::FleeceTable> fleeces;
+  std::shared_ptr<server::QmpCommandTable> commands;
+  std::mutex command_mutex;
+  struct BrokenHook {
+    std::mutex mutex;
+    std::function<void(const FleeceBroken&)> hook;
+  };
+  std::shared_ptr<BrokenHook> broken = std::make_shared<BrokenHook>();
+
+  void install_hooks();
+  void teardown();
+  void make_control(const std::string& store_dir);  // after core is set
+  void drop_control();                              // under core->mutex held exclusively
+  // The stores a killed process left beside a newly opened disk.
+  void sweep_stale_stores(std::string_view disk);
+};
 
 // A handle's shared state (Disk's constructor from it is for Engine only).
 std::shared_ptr<Disk::Impl> make_disk_impl(std::shared_ptr<server::EmbedCore> core, std::string name,

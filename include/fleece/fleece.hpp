@@ -105,6 +105,8 @@ struct EngineOptions {
   LogLevel log_level = LogLevel::warn;
   unsigned max_connections = 1000;
   std::chrono::milliseconds handshake_timeout{10'000};
+  // Where fleece stores (throwaway qcow2s) go; "": beside each disk.
+  std::string store_dir;
 };
 
 enum class CacheMode {
@@ -143,6 +145,82 @@ struct ClientInfo {
   std::string export_name;
   std::string peer;  // "unix", "127.0.0.1:53422", "[::1]:53422"
   std::chrono::system_clock::time_point connected_at;
+  uint64_t read_bytes = 0;  // of this client's READ requests that succeeded so far
+};
+
+// ---- Fleecing and dirty bitmaps ---------------------------------------
+// The operations of QMP fleece-start, fleece-stop, query-fleeces and
+// block-dirty-bitmap-* (README), with the same checks and messages.
+
+enum class OnCbwError {
+  break_snapshot,     // the guest write wins; the fleece breaks (its readers get EIO)
+  break_guest_write,  // the guest write fails; the fleece stays exact
+};
+
+struct BitmapRef {
+  std::string disk;
+  std::string name;
+};
+
+struct FleeceOptions {
+  std::string id;                  // a letter, then letters, digits, '-', '.', '_'
+  std::vector<std::string> disks;  // open disks, frozen at one point in time
+  // Enabled bitmaps of those disks, frozen at the same instant: each goes on
+  // recording from empty, its frozen half is listed as NAME@ID and offered as
+  // qemu:dirty-bitmap:NAME on the DISK@ID export.
+  std::vector<BitmapRef> bitmaps;
+  OnCbwError on_cbw_error = OnCbwError::break_snapshot;
+  std::chrono::milliseconds cbw_timeout{0};  // 0: none
+  uint64_t max_store_bytes = 0;              // 0: unlimited
+  uint32_t cluster_size = 0;                 // 0: the disk's current one, else 64 KiB
+};
+
+struct FleeceDiskInfo {
+  std::string disk;
+  std::string export_name;  // "DISK@ID", read-only (TRIM: done with those blocks)
+  std::string store;        // the throwaway qcow2's path
+  uint32_t cluster_size = 0;
+  uint64_t preserved_bytes = 0;  // copied aside before a write
+  uint64_t preserved_clusters = 0, zero_clusters = 0, freed_clusters = 0;
+  uint64_t store_bytes = 0;
+  uint64_t read_bytes = 0;          // by every client of the export
+  std::vector<ClientInfo> clients;  // each with its own read_bytes
+  bool broken = false;
+  std::string broken_reason;
+};
+
+struct FleeceInfo {
+  std::string id;
+  std::vector<FleeceDiskInfo> disks;        // in FleeceOptions::disks order
+  std::chrono::microseconds write_pause{0};  // how long writes waited at the start
+  OnCbwError on_cbw_error = OnCbwError::break_snapshot;
+  std::chrono::milliseconds cbw_timeout{0};
+  uint64_t max_store_bytes = 0;
+};
+
+struct FleeceBroken {
+  std::string id;
+  std::string disk;
+  std::string reason;
+};
+
+struct BitmapOptions {
+  std::string disk;
+  std::string name;
+  uint64_t granularity = 65536;  // a power of two, at least 512
+  bool persistent = false;       // kept in the disk's sidecar (raw) across restarts
+  bool disabled = false;         // records nothing until enabled
+};
+
+struct BitmapInfo {
+  std::string name;  // NAME, or NAME@ID: the frozen half a fleece left
+  uint64_t granularity = 0;
+  uint64_t dirty_bytes = 0;
+  bool recording = false;
+  bool persistent = false;
+  bool busy = false;          // offered over NBD
+  bool inconsistent = false;  // in use at a crash: never trusted, remove only
+  bool frozen = false;
 };
 
 // A handle to an open disk: cheap to copy, valid until the disk is closed
@@ -236,6 +314,35 @@ class Engine {
 
   std::vector<ExportInfo> exports() const;
   std::vector<ClientInfo> clients() const;
+
+  // Fleecing and dirty bitmaps. The calls that change something block until
+  // done, between start() and stop() (else resource_unavailable_try_again /
+  // operation_canceled), not on an engine thread
+  // (resource_deadlock_would_occur). A refusal is invalid_argument (or
+  // no_such_device_or_address for an unknown disk) with the reason in the
+  // message. The queries may be called at any time.
+  //
+  // start_fleece: writes to the disks pause while the point in time is
+  // taken, then each disk is exported read-only as DISK@ID. On failure:
+  // nothing was started, an empty FleeceInfo and *error set.
+  FleeceInfo start_fleece(const FleeceOptions& options, Error* error = nullptr);
+  // Removes the exports (their clients are closed) and deletes the stores.
+  // Fleeces still open when the engine finishes have their stores deleted.
+  Error stop_fleece(std::string_view id);
+  std::vector<FleeceInfo> fleeces() const;  // in id order
+  // Called on an engine thread when a fleece breaks (its readers get EIO).
+  void on_fleece_broken(std::function<void(const FleeceBroken&)> hook);
+
+  Error add_bitmap(const BitmapOptions& options);
+  // Also from the disk's sidecar if persistent; NAME@ID halves too.
+  Error remove_bitmap(std::string_view disk, std::string_view name);
+  Error clear_bitmap(std::string_view disk, std::string_view name);
+  Error enable_bitmap(std::string_view disk, std::string_view name);
+  Error disable_bitmap(std::string_view disk, std::string_view name);
+  // target |= every source (e.g. a fleece's NAME@ID after a failed backup).
+  Error merge_bitmaps(std::string_view disk, std::string_view target, const std::vector<BitmapRef>& sources);
+  // Live bitmaps in creation order, then frozen ones by name; empty for an unknown disk.
+  std::vector<BitmapInfo> bitmaps(std::string_view disk) const;
   // "unix:/run/x.sock", "tcp:[::]:10809": what the engine listens on.
   std::vector<std::string> listen_addresses() const;
   // TCP ports actually bound (useful with port 0); 0 for Unix sockets.
