@@ -143,6 +143,15 @@ bool is_identifier(std::string_view id) {
   return true;
 }
 
+// Whether a file name is one of this process's stores (its name carries our pid).
+bool is_own_store(FleeceTable::State& state, std::string_view name) {
+  std::lock_guard lk(state.mutex);
+  for (const auto& p : state.store_paths) {
+    if (fs::path(p).filename() == name) return true;
+  }
+  return false;
+}
+
 std::string errno_text(int err) { return std::make_error_code(static_cast<std::errc>(err)).message(); }
 
 // Creates and formats one store; on failure says why in *why (the file,
@@ -151,9 +160,19 @@ Task<std::shared_ptr<cow::ClusterStore>> create_store(std::shared_ptr<FleeceTabl
                                                       std::string path, uint64_t size,
                                                       uint32_t cluster_size,
                                                       cow::ChainLayer active, std::string* why) {
+  {
+    // Listed before the file exists: a sweep running meanwhile (a disk
+    // opened on another thread) skips it in the moment before its flock.
+    std::lock_guard lk(state->mutex);
+    state->store_paths.insert(path);
+  }
   int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) {
     const int err = errno;
+    {
+      std::lock_guard lk(state->mutex);
+      state->store_paths.erase(path);
+    }
     *why = fmt::format("cannot create the store '{}': {} ({})", path, errno_text(err),
                        err == EEXIST ? "remove the stale file or use another id"
                                      : "check the directory or set --store-dir");
@@ -163,10 +182,6 @@ Task<std::shared_ptr<cow::ClusterStore>> create_store(std::shared_ptr<FleeceTabl
   owner->file_path = path;
   owner->lock.reset(fd);
   owner->table = state;
-  {
-    std::lock_guard lk(state->mutex);
-    state->store_paths.insert(path);
-  }
   // Held until the file is deleted: the start-up sweep of another server
   // sharing the directory sees the lock and leaves the file alone.
   ::flock(fd, LOCK_EX | LOCK_NB);
@@ -459,6 +474,7 @@ std::vector<std::string> FleeceTable::remove_stale_stores(const std::vector<Disk
       const std::string name = item.path().filename().string();
       if (!is_store_file_name(name) || !item.is_regular_file(ec)) continue;
       const std::string path = item.path().string();
+      if (is_own_store(*state_, name)) continue;
       block::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
       if (!fd) continue;
       // A live owner holds the lock; a killed one released it with its fds.
