@@ -5,6 +5,12 @@
 // (set_target). A request picks the target when it starts and finishes on
 // it, so the caller drains writes around a change that must not split them
 // (a snapshot's point in time). Capabilities and size are the target's.
+//
+// file_range() is the target's (Qcow2Image: one layer's contiguous data
+// clusters, or a raw base under unallocated layers). It stays valid while
+// a block-commit runs: the job writes into base only bytes that a layer
+// above shadows, so a range that resolved to base never covers them, and
+// the layers it reads from are read-only until they leave the chain.
 #pragma once
 
 #include "block/device.hpp"

@@ -1,5 +1,6 @@
 #include "cow/qcow2_image.hpp"
 
+#include "cow/qcow2_entry.hpp"
 #include "cow/qcow2_format.hpp"
 #include "util/errors.hpp"
 #include "util/log.hpp"
@@ -16,12 +17,6 @@ namespace fleece::cow {
 using namespace qcow2;
 using block::Task;
 
-enum class EntryKind { unallocated, zero, data, compressed };
-
-struct Qcow2Image::Entry {
-  EntryKind kind = EntryKind::unallocated;
-  uint64_t host = 0;  // data clusters, and zero clusters that keep their allocation
-};
 
 namespace {
 
@@ -352,21 +347,24 @@ Task<std::error_code> Qcow2Image::set_backing_file(std::string file, std::string
 
 std::optional<Qcow2ClusterMapping> Qcow2Image::cached_mapping(uint64_t g) const {
   if (g >= header_.guest_clusters()) return std::nullopt;
-  const uint64_t l2e = header_.l2_entries();
   std::lock_guard lk(mu_);
-  auto it = l2_.find(g / l2e);
-  if (it == l2_.end()) {
-    if ((l1_->entry(g / l2e) & kEntryOffsetMask) == 0) return Qcow2ClusterMapping{};
-    return std::nullopt;
-  }
-  auto e = decode_locked(it->second->entry(g % l2e));
-  if (!e) return std::nullopt;
+  auto cached = cached_entry_locked(g);
+  if (!cached || !*cached) return std::nullopt;
+  const Entry* e = &**cached;
   switch (e->kind) {
     case EntryKind::unallocated: return Qcow2ClusterMapping{};
     case EntryKind::zero: return Qcow2ClusterMapping{Qcow2ClusterKind::zero, 0};
     case EntryKind::data: return Qcow2ClusterMapping{Qcow2ClusterKind::data, e->host};
     case EntryKind::compressed: break;
   }
+  return std::nullopt;
+}
+
+std::optional<Result<Qcow2Image::Entry>> Qcow2Image::cached_entry_locked(uint64_t g) const {
+  const uint64_t l2e = header_.l2_entries();
+  auto it = l2_.find(g / l2e);
+  if (it != l2_.end()) return decode_locked(it->second->entry(g % l2e));
+  if ((l1_->entry(g / l2e) & kEntryOffsetMask) == 0) return Result<Entry>(Entry{});
   return std::nullopt;
 }
 
@@ -887,6 +885,11 @@ Task<std::error_code> Qcow2Image::block_status(uint64_t offset, uint64_t length,
 
 // ---------------------------------------------------------------- write-back
 
+void Qcow2Image::release_locked(uint64_t host) {
+  if (auto ec = refcounts_->release(host))
+    FLEECE_LOG_ERROR("qcow2", "freeing qcow2 cluster at {}: refcount already 0", host);
+}
+
 void Qcow2Image::mark_all_dirty_locked() {
   header_dirty_ = true;
   if (l1_) l1_->mark_all_dirty();
@@ -970,10 +973,14 @@ Task<std::error_code> Qcow2Image::flush_metadata() {
       FLEECE_LOG_ERROR("qcow2", "writing back qcow2 metadata failed: {}", ec.message());
       co_return ec;
     }
-    // The references to these clusters are gone on disk: they may be reused.
-    for (uint64_t h : frees)
-      if (auto rec = refcounts_->release(h))
-        FLEECE_LOG_ERROR("qcow2", "freeing qcow2 cluster at {}: refcount already 0", h);
+    // The references to these clusters are gone on disk: they may be
+    // reused, once no file range is sending them.
+    for (uint64_t h : frees) {
+      if (pinned_locked(h))
+        pinned_frees_.push_back(h);
+      else
+        release_locked(h);
+    }
     if (frees.empty() && round == 0) break;
   }
   co_return std::error_code{};

@@ -35,6 +35,17 @@
 // ones; trim() ignores partial clusters. flush() writes back metadata and
 // flushes the file; WriteFlags::fua flushes before completing.
 //
+// file_range() (sendfile): when the whole range is, in this image, data
+// clusters that follow each other in the file, that range of the file (if
+// its pages are resident); when the range is wholly unallocated here, the
+// backing device's file_range(); otherwise none (zero or compressed
+// clusters, a mix, a gap in the file, an L2 table not cached yet). Like
+// read(), it takes the guest clusters' range lock shared, but without
+// waiting (none while a write holds or waits for them), and it pins the
+// host clusters until the range's keep is dropped: a cluster zeroed in the
+// meantime is freed, and so reused for other data, only after that. A
+// later write in place may still change the bytes (the Device contract).
+//
 // Crash safety (lazy_refcounts off, refcounts exact on disk after flush):
 // metadata is cached and written back by flush() in dependency order with a
 // file flush between stages: refcount blocks; refcount table; header; L2
@@ -57,6 +68,7 @@
 #include "cow/qcow2_refcounts.hpp"
 #include "util/result.hpp"
 
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -90,7 +102,8 @@ struct Qcow2ClusterMapping {
   uint64_t host_offset = 0;  // data clusters only
 };
 
-class Qcow2Image final : public block::Device {
+class Qcow2Image final : public block::Device,
+                         public std::enable_shared_from_this<Qcow2Image> {
  public:
   // Formats `file` (everything in it is overwritten) and opens the result.
   static block::Task<Result<std::shared_ptr<Qcow2Image>>> create(
@@ -179,9 +192,12 @@ class Qcow2Image final : public block::Device {
   block::Task<std::error_code> flush() override;
   block::Task<std::error_code> block_status(uint64_t offset, uint64_t length,
                                             std::vector<block::Extent>& out) override;
+  std::optional<block::FileRange> file_range(uint64_t offset, uint64_t length) const override;
 
  private:
   struct Entry;  // a decoded L2 entry
+  struct HostPin;  // host bytes a file range is sending (qcow2_file_range.cpp)
+  using HostPins = std::list<std::pair<uint64_t, uint64_t>>;  // [first, end) host bytes
   Qcow2Image(std::shared_ptr<block::Device> file, Qcow2Header header);
 
   block::Task<std::error_code> load_metadata(std::string* why);
@@ -190,6 +206,15 @@ class Qcow2Image final : public block::Device {
   block::Task<Result<Qcow2MetaTable*>> l2_table(uint64_t l1_index);
   block::Task<Result<Entry>> lookup(uint64_t guest_cluster);
   Result<Entry> decode_locked(uint64_t raw) const;
+  // Under mu_: g's entry from the L2 cache, without I/O; std::nullopt when
+  // its table is not cached.
+  std::optional<Result<Entry>> cached_entry_locked(uint64_t guest_cluster) const;
+  // Under mu_: whether a file range being sent covers the host cluster.
+  bool pinned_locked(uint64_t host) const;
+  // Drops a pin and frees the clusters it alone was holding back.
+  void unpin(HostPins::iterator pin);
+  // Under mu_: the refcount of a host cluster no reference is left to drops.
+  void release_locked(uint64_t host);
   // Under mu_: the L2 table for l1_index, allocating a new one if needed.
   Result<Qcow2MetaTable*> l2_for_update_locked(uint64_t l1_index);
   std::error_code writable_check() const;
@@ -221,10 +246,12 @@ class Qcow2Image final : public block::Device {
   std::unordered_map<uint64_t, std::unique_ptr<Qcow2MetaTable>> l2_;
   std::optional<Qcow2Refcounts> refcounts_;
   std::vector<uint64_t> free_after_flush_;  // host clusters dropped from L2
+  mutable HostPins pins_;                   // host bytes being sent by file ranges
+  std::vector<uint64_t> pinned_frees_;      // free on disk, released when unpinned
   uint64_t data_clusters_ = 0;
   uint64_t file_size_ = 0;  // the file's size at open, for bounds checks
 
-  Qcow2RangeLock clusters_;     // guest clusters
+  mutable Qcow2RangeLock clusters_;  // guest clusters (file_range() too)
   Qcow2RangeLock flush_mutex_;  // one metadata write-back at a time
 };
 

@@ -66,6 +66,16 @@ boost::asio::awaitable<Qcow2RangeLock::Guard> Qcow2RangeLock::lock(uint64_t firs
   co_return Guard(this, id);
 }
 
+std::optional<Qcow2RangeLock::Guard> Qcow2RangeLock::try_lock(uint64_t first, uint64_t last,
+                                                              bool shared) {
+  std::lock_guard g(mu_);
+  Range r{next_id_, first, last, shared};
+  if (!grantable_locked(r, nullptr)) return std::nullopt;
+  ++next_id_;
+  held_.push_back(r);
+  return Guard(this, r.id);
+}
+
 void Qcow2RangeLock::release(uint64_t id) {
   std::vector<boost::asio::any_completion_handler<void()>> wake;
   {

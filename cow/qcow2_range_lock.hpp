@@ -6,6 +6,8 @@
 // Guard that releases on destruction. Waiters are granted in arrival order
 // among conflicting requests, so a stream of readers cannot starve a writer.
 // A lock of the single range [0, 0] exclusive is an async mutex.
+// try_lock() is lock() for callers that cannot suspend: it grants only what
+// lock() would grant at once, so it never overtakes a waiter.
 //
 // The uncontended path does not suspend. A suspended waiter is resumed
 // through its coroutine's executor (never inline in the releasing thread).
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <list>
 #include <mutex>
+#include <optional>
 
 namespace fleece::cow {
 
@@ -50,6 +53,7 @@ class Qcow2RangeLock {
   Qcow2RangeLock& operator=(const Qcow2RangeLock&) = delete;
 
   boost::asio::awaitable<Guard> lock(uint64_t first, uint64_t last, bool shared);
+  std::optional<Guard> try_lock(uint64_t first, uint64_t last, bool shared);
 
   // For tests and statistics.
   std::size_t held_count() const;
