@@ -68,7 +68,8 @@ std::string backing_name_for(const std::string& overlay, const std::string& back
 }
 
 Task<Result<OpenedImage>> open_image(std::string path, std::string format, bool read_only,
-                                     bool direct, std::string* why, bool keep_bitmaps) {
+                                     bool direct, std::string* why, bool keep_bitmaps,
+                                     uint64_t l2_cache_bytes) {
   if (format != "raw" && format != "qcow2")
     co_return fail(why, make_error_code(Errc::unsupported_feature),
                    fmt::format("{}: format '{}' is not supported (raw or qcow2)", path, format));
@@ -77,7 +78,9 @@ Task<Result<OpenedImage>> open_image(std::string path, std::string format, bool 
   if (!file) co_return fail(why, file.error(), msg);
   if (format == "raw") co_return OpenedImage{std::make_shared<ChainRawLayer>(*file), nullptr};
   std::string reason;
-  auto img = co_await Qcow2Image::open(*file, Qcow2OpenOptions{.read_only = read_only, .keep_bitmaps = keep_bitmaps}, &reason);
+  const Qcow2OpenOptions options{
+      .read_only = read_only, .keep_bitmaps = keep_bitmaps, .l2_cache_bytes = l2_cache_bytes};
+  auto img = co_await Qcow2Image::open(*file, options, &reason);
   if (!img)
     co_return fail(why, img.error(),
                    fmt::format("{}: not a usable qcow2 image: {}", path,
@@ -128,7 +131,8 @@ Task<Result<std::shared_ptr<BackingChain>>> BackingChain::open(std::string path,
                                  cur, above));
     const bool ro = layers.empty() ? options.read_only : true;
     const bool keep = layers.empty() && options.keep_bitmaps;
-    auto img = co_await open_image(cur, cur_format, ro, options.direct, why, keep);
+    auto img = co_await open_image(cur, cur_format, ro, options.direct, why, keep,
+                                   options.l2_cache_bytes);
     if (!img) co_return img.error();
     ChainLayer layer{.path = cur, .format = cur_format, .read_only = ro,
                      .device = img->device, .qcow2 = img->qcow2};

@@ -58,6 +58,9 @@ struct ChainOpenOptions {
   // open (Qcow2OpenOptions::keep_bitmaps): the caller then opens a
   // Qcow2BitmapStore on layers().front().qcow2 before anything writes.
   bool keep_bitmaps = false;
+  // Each qcow2 layer's L2 cache (Qcow2OpenOptions::l2_cache_bytes); 0: the
+  // default (32 GiB of virtual disk covered).
+  uint64_t l2_cache_bytes = 0;
 };
 
 struct ChainLayer {
@@ -93,7 +96,8 @@ struct OpenedImage {
 };
 block::Task<Result<OpenedImage>> open_image(std::string path, std::string format, bool read_only,
                                             bool direct, std::string* why,
-                                            bool keep_bitmaps = false);
+                                            bool keep_bitmaps = false,
+                                            uint64_t l2_cache_bytes = 0);
 
 // "qcow2" when the file starts with the qcow2 magic, else "raw".
 Result<std::string> probe_image_format(const std::string& path, std::string* why);

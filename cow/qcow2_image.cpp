@@ -26,6 +26,16 @@ std::error_code fail(std::string* why, std::error_code ec, std::string msg) {
   return ec;
 }
 
+// QEMU's default L2 cache: full cover of the disk up to 32 GiB, at most
+// 32 MiB (which caps it for clusters under 64 KiB).
+uint64_t l2_cache_limit_for(const Qcow2Header& h, uint64_t requested) {
+  if (requested != 0) return requested;
+  constexpr uint64_t kCover = uint64_t{32} << 30, kMax = uint64_t{32} << 20;
+  const uint64_t cs = h.cluster_size();
+  const uint64_t entries = div_up(std::clamp<uint64_t>(h.size, 1, kCover), cs);
+  return std::min(kMax, align_up(entries * 8, cs));
+}
+
 }  // namespace
 
 Qcow2Image::Qcow2Image(std::shared_ptr<block::Device> file, Qcow2Header header)
@@ -63,6 +73,8 @@ Task<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(std::shared_ptr<blo
   if (img->io_align_ > cs) co_return make_error_code(std::errc::invalid_argument);
   {
     std::lock_guard g(img->mu_);
+    // No limit: cached_mapping() must answer for every cluster of a store.
+    img->l2_.set_limit(UINT64_MAX);
     auto& rc = img->refcounts_.emplace(h.cluster_bits, h.refcount_order);
     rc.init_empty(cs, 1, 2);
     if (auto ec = rc.set(0, 1)) co_return ec;   // header
@@ -115,6 +127,7 @@ Task<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::open(std::shared_ptr<block
 
   std::shared_ptr<Qcow2Image> img(new Qcow2Image(std::move(file), h));
   img->file_size_ = fsize;
+  img->l2_.set_limit(l2_cache_limit_for(h, options.l2_cache_bytes));
   img->header_cluster_ = Qcow2Bytes(cs);
   std::copy_n(first.data(), std::min<std::size_t>(first.size(), cs), img->header_cluster_.data());
   img->writable_ = !options.read_only && !img->file_->capabilities().read_only;
@@ -362,8 +375,7 @@ std::optional<Qcow2ClusterMapping> Qcow2Image::cached_mapping(uint64_t g) const 
 
 std::optional<Result<Qcow2Image::Entry>> Qcow2Image::cached_entry_locked(uint64_t g) const {
   const uint64_t l2e = header_.l2_entries();
-  auto it = l2_.find(g / l2e);
-  if (it != l2_.end()) return decode_locked(it->second->entry(g % l2e));
+  if (auto t = l2_.find(g / l2e)) return decode_locked(t->entry(g % l2e));
   if ((l1_->entry(g / l2e) & kEntryOffsetMask) == 0) return Result<Entry>(Entry{});
   return std::nullopt;
 }
@@ -391,50 +403,103 @@ Result<Qcow2Image::Entry> Qcow2Image::decode_locked(uint64_t raw) const {
   return e;
 }
 
-Task<Result<Qcow2MetaTable*>> Qcow2Image::l2_table(uint64_t l1_index) {
+Task<Result<Qcow2L2Cache::Table>> Qcow2Image::l2_table(uint64_t l1_index) {
   const uint64_t cs = header_.cluster_size();
-  uint64_t off;
-  {
-    std::lock_guard g(mu_);
-    if (l1_index >= header_.l1_size) co_return make_error_code(std::errc::invalid_argument);
-    if (auto it = l2_.find(l1_index); it != l2_.end()) co_return it->second.get();
-    const uint64_t raw = l1_->entry(l1_index);
-    off = raw & kEntryOffsetMask;
-    if (off == 0) co_return static_cast<Qcow2MetaTable*>(nullptr);
-    if (off % cs != 0 || refcounts_->get(off) == 0 || off > file_size_ || cs > file_size_ - off) {
-      FLEECE_LOG_ERROR("qcow2", "qcow2 L1 entry {} (0x{:x}) points at an invalid L2 table",
-                       l1_index, raw);
-      co_return make_error_code(Errc::corrupt_image);
+  for (;;) {
+    uint64_t off, evictions;
+    // Tables made since the open lie past the size the file had then (and
+    // are read back once dropped from the cache).
+    const uint64_t fsize = std::max(file_size_, file_->size());
+    {
+      std::lock_guard g(mu_);
+      if (l1_index >= header_.l1_size) co_return make_error_code(std::errc::invalid_argument);
+      if (auto t = l2_.find(l1_index)) co_return t;
+      const uint64_t raw = l1_->entry(l1_index);
+      off = raw & kEntryOffsetMask;
+      if (off == 0) co_return Qcow2L2Cache::Table{};
+      if (off % cs != 0 || refcounts_->get(off) == 0 || off > fsize || cs > fsize - off) {
+        FLEECE_LOG_ERROR("qcow2", "qcow2 L1 entry {} (0x{:x}) points at an invalid L2 table",
+                         l1_index, raw);
+        co_return make_error_code(Errc::corrupt_image);
+      }
+      evictions = l2_.evictions();
     }
+    auto t = std::make_shared<Qcow2MetaTable>(off, cs);
+    if (auto ec = co_await file_->read(off, {t->data(), cs})) co_return ec;
+    bool over;
+    {
+      std::lock_guard g(mu_);
+      if (auto have = l2_.find(l1_index)) co_return have;
+      // A table dropped during the read may have been written back after
+      // the read began: read it again.
+      if (l2_.evictions() != evictions) continue;
+      t = l2_.insert(l1_index, std::move(t));
+      over = l2_.over_limit_dirty();
+    }
+    if (over) co_await settle_l2();
+    co_return t;
   }
-  auto t = std::make_unique<Qcow2MetaTable>(off, cs);
-  if (auto ec = co_await file_->read(off, {t->data(), cs})) co_return ec;
-  std::lock_guard g(mu_);
-  auto [it, inserted] = l2_.try_emplace(l1_index, std::move(t));
-  co_return it->second.get();
 }
 
-Task<Result<Qcow2Image::Entry>> Qcow2Image::lookup(uint64_t g) {
+Task<Result<Qcow2Image::Entry>> Qcow2Image::lookup(uint64_t g, Qcow2L2Cache::Table* keep) {
   const uint64_t l2e = header_.l2_entries();
   auto t = co_await l2_table(g / l2e);
   if (!t) co_return t.error();
+  if (keep) *keep = *t;
   if (*t == nullptr) co_return Entry{};
   std::lock_guard lk(mu_);
   co_return decode_locked((*t)->entry(g % l2e));
 }
 
-Result<Qcow2MetaTable*> Qcow2Image::l2_for_update_locked(uint64_t l1_index) {
-  if (auto it = l2_.find(l1_index); it != l2_.end()) return it->second.get();
-  if ((l1_->entry(l1_index) & kEntryOffsetMask) != 0)  // lookup() loads it first
-    return make_error_code(std::errc::resource_unavailable_try_again);
-  auto off = refcounts_->alloc();
-  if (!off) return off.error();
-  auto t = std::make_unique<Qcow2MetaTable>(*off, header_.cluster_size());
-  t->mark_all_dirty();
-  auto* p = t.get();
-  l2_.emplace(l1_index, std::move(t));
-  l1_->set_entry(l1_index, *off | kEntryCopied);
-  return p;
+Task<Result<Qcow2L2Cache::Table>> Qcow2Image::l2_for_update(uint64_t l1_index) {
+  for (;;) {
+    auto t = co_await l2_table(l1_index);
+    if (!t) co_return t.error();
+    if (*t) co_return *t;
+    Qcow2L2Cache::Table fresh;
+    bool over;
+    {
+      std::lock_guard lk(mu_);
+      // Made by another writer meanwhile (and maybe dropped again): load it.
+      if ((l1_->entry(l1_index) & kEntryOffsetMask) != 0) continue;
+      auto off = refcounts_->alloc();
+      if (!off) co_return off.error();
+      fresh = std::make_shared<Qcow2MetaTable>(*off, header_.cluster_size());
+      fresh->mark_all_dirty();
+      l1_->set_entry(l1_index, *off | kEntryCopied);
+      fresh = l2_.insert(l1_index, std::move(fresh));
+      over = l2_.over_limit_dirty();
+    }
+    if (over) co_await settle_l2();
+    co_return fresh;
+  }
+}
+
+bool Qcow2Image::l2_over_limit() const {
+  std::lock_guard lk(mu_);
+  return l2_.bytes() > l2_.limit();
+}
+
+Task<void> Qcow2Image::settle_l2() {
+  {
+    std::lock_guard lk(mu_);
+    l2_.trim();  // tables pinned by requests that have finished may go now
+    if (!l2_.over_limit_dirty()) co_return;
+  }
+  // Dirty tables hold the cache over its limit: written back, they can go
+  // (flush_metadata drops them). A failure is logged there and leaves them
+  // dirty, to be reported by the next flush.
+  (void)co_await flush_metadata();
+}
+
+uint64_t Qcow2Image::l2_cache_bytes() const {
+  std::lock_guard lk(mu_);
+  return l2_.bytes();
+}
+
+uint64_t Qcow2Image::l2_cache_limit() const {
+  std::lock_guard lk(mu_);
+  return l2_.limit();
 }
 
 std::error_code Qcow2Image::writable_check() const {
@@ -489,7 +554,8 @@ block::Capabilities Qcow2Image::capabilities() const {
 
 Task<std::error_code> Qcow2Image::write_cluster_locked(uint64_t g, std::span<const std::byte> data) {
   const uint64_t l2e = header_.l2_entries();
-  auto e = co_await lookup(g);
+  Qcow2L2Cache::Table t;  // pinned while in use
+  auto e = co_await lookup(g, &t);
   if (!e) co_return e.error();
   if (e->kind == EntryKind::compressed) co_return make_error_code(Errc::unsupported_feature);
   if (e->host != 0) {
@@ -503,17 +569,18 @@ Task<std::error_code> Qcow2Image::write_cluster_locked(uint64_t g, std::span<con
     if (auto ec = co_await file_->write(e->host, data, {})) co_return ec;
     if (e->kind == EntryKind::zero) {
       std::lock_guard lk(mu_);
-      l2_.at(g / l2e)->set_entry(g % l2e, e->host | kEntryCopied);
+      t->set_entry(g % l2e, e->host | kEntryCopied);
     }
     co_return std::error_code{};
   }
+  if (!t) {
+    auto made = co_await l2_for_update(g / l2e);
+    if (!made) co_return made.error();
+    t = std::move(*made);
+  }
   uint64_t host;
-  Qcow2MetaTable* t;
   {
     std::lock_guard lk(mu_);
-    auto tr = l2_for_update_locked(g / l2e);
-    if (!tr) co_return tr.error();
-    t = *tr;
     auto h = refcounts_->alloc();
     if (!h) co_return h.error();
     host = *h;
@@ -532,7 +599,8 @@ Task<std::error_code> Qcow2Image::write_cluster_locked(uint64_t g, std::span<con
 
 Task<std::error_code> Qcow2Image::zero_cluster_locked(uint64_t g) {
   const uint64_t l2e = header_.l2_entries();
-  auto e = co_await lookup(g);
+  Qcow2L2Cache::Table t;  // pinned while in use
+  auto e = co_await lookup(g, &t);
   if (!e) co_return e.error();
   if (e->kind == EntryKind::compressed) co_return make_error_code(Errc::unsupported_feature);
   if (e->kind == EntryKind::zero && e->host == 0) co_return std::error_code{};
@@ -549,10 +617,13 @@ Task<std::error_code> Qcow2Image::zero_cluster_locked(uint64_t g) {
     }
     if (e->kind == EntryKind::unallocated) co_return std::error_code{};
   }
+  if (!t) {
+    auto made = co_await l2_for_update(g / l2e);
+    if (!made) co_return made.error();
+    t = std::move(*made);
+  }
   std::lock_guard lk(mu_);
-  auto t = l2_for_update_locked(g / l2e);
-  if (!t) co_return t.error();
-  (*t)->set_entry(g % l2e, header_.version >= 3 ? kL2Zero : 0);
+  t->set_entry(g % l2e, header_.version >= 3 ? kL2Zero : 0);
   if (e->host != 0) {
     // Freed only once the new L2 entry is on disk (flush_metadata).
     free_after_flush_.push_back(e->host);
@@ -580,6 +651,7 @@ Task<std::error_code> Qcow2Image::write_cluster(uint64_t g, std::span<const std:
     }
     if (ec) co_return ec;
   }
+  if (l2_over_limit()) co_await settle_l2();
   if (flags.fua) co_return co_await flush();
   co_return std::error_code{};
 }
@@ -587,8 +659,12 @@ Task<std::error_code> Qcow2Image::write_cluster(uint64_t g, std::span<const std:
 Task<std::error_code> Qcow2Image::zero_cluster(uint64_t g) {
   if (auto ec = writable_check()) co_return ec;
   if (g >= header_.guest_clusters()) co_return make_error_code(std::errc::invalid_argument);
-  auto guard = co_await clusters_.lock(g, g, false);
-  co_return co_await zero_cluster_locked(g);
+  {
+    auto guard = co_await clusters_.lock(g, g, false);
+    if (auto ec = co_await zero_cluster_locked(g)) co_return ec;
+  }
+  if (l2_over_limit()) co_await settle_l2();
+  co_return std::error_code{};
 }
 
 Task<std::error_code> Qcow2Image::discard_cluster(uint64_t g) {
@@ -680,7 +756,10 @@ Task<std::error_code> Qcow2Image::read(uint64_t offset, std::span<std::byte> out
         break;
     }
   }
-  co_return co_await issue();
+  auto ec = co_await issue();
+  guard.release();
+  if (l2_over_limit()) co_await settle_l2();
+  co_return ec;
 }
 
 Task<std::error_code> Qcow2Image::write_partial_locked(uint64_t g, uint64_t in_cluster,
@@ -740,6 +819,7 @@ Task<std::error_code> Qcow2Image::write(uint64_t offset, std::span<const std::by
       if (ec) co_return ec;
     }
   }
+  if (l2_over_limit()) co_await settle_l2();
   if (flags.fua) co_return co_await flush();
   co_return std::error_code{};
 }
@@ -779,6 +859,7 @@ Task<std::error_code> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length,
         co_return ec;
     }
   }
+  if (l2_over_limit()) co_await settle_l2();
   if (flags.fua) co_return co_await flush();
   co_return std::error_code{};
 }
@@ -798,6 +879,7 @@ Task<std::error_code> Qcow2Image::trim(uint64_t offset, uint64_t length, block::
     for (uint64_t g = first; g < stop; ++g)
       if (auto ec = co_await zero_cluster_locked(g)) co_return ec;
   }
+  if (l2_over_limit()) co_await settle_l2();
   if (flags.fua) co_return co_await flush();
   co_return std::error_code{};
 }
@@ -893,7 +975,7 @@ void Qcow2Image::release_locked(uint64_t host) {
 void Qcow2Image::mark_all_dirty_locked() {
   header_dirty_ = true;
   if (l1_) l1_->mark_all_dirty();
-  for (auto& [i, t] : l2_) t->mark_all_dirty();
+  l2_.mark_all_dirty();
   refcounts_->mark_all_dirty();
 }
 
@@ -919,8 +1001,7 @@ Task<std::error_code> Qcow2Image::flush_metadata() {
         std::copy_n(header_cluster_.data(), header_cluster_.size(), header->bytes.data());
         header_dirty_ = false;
       }
-      for (auto& [i, t] : l2_)
-        if (t->dirty()) l2.push_back(t->take_dirty(io_align_));
+      l2_.take_dirty(io_align_, l2);
       if (l1_ && l1_->dirty()) l1 = l1_->take_dirty(io_align_);
       frees = std::exchange(free_after_flush_, {});
       for (uint64_t c : refcounts_->take_released()) frees.push_back(c);
@@ -966,6 +1047,7 @@ Task<std::error_code> Qcow2Image::flush_metadata() {
     }
     if (!ec) ec = co_await file_->flush();
     std::lock_guard lk(mu_);
+    l2_.end_writeback();
     if (ec) {
       // Nothing is known about what reached the disk: write it all again.
       mark_all_dirty_locked();
@@ -981,6 +1063,7 @@ Task<std::error_code> Qcow2Image::flush_metadata() {
       else
         release_locked(h);
     }
+    l2_.trim();  // what was written back may go now
     if (frees.empty() && round == 0) break;
   }
   co_return std::error_code{};

@@ -46,6 +46,14 @@
 // meantime is freed, and so reused for other data, only after that. A
 // later write in place may still change the bytes (the Device contract).
 //
+// L2 cache: L2 tables of an opened image are cached up to
+// Qcow2OpenOptions::l2_cache_bytes, least recently used clean
+// tables dropped first (cow/qcow2_l2_cache.hpp). Dirty tables stay until
+// written back: loading a table while dirty ones keep the cache over its
+// limit writes the metadata back (as flush() does) so that they can go.
+// Images made by create() (fleecing stores) keep every table, so that
+// cached_mapping() answers for all their clusters without I/O.
+//
 // Crash safety (lazy_refcounts off, refcounts exact on disk after flush):
 // metadata is cached and written back by flush() in dependency order with a
 // file flush between stages: refcount blocks; refcount table; header; L2
@@ -63,6 +71,7 @@
 
 #include "block/device.hpp"
 #include "cow/qcow2_header.hpp"
+#include "cow/qcow2_l2_cache.hpp"
 #include "cow/qcow2_meta_table.hpp"
 #include "cow/qcow2_range_lock.hpp"
 #include "cow/qcow2_refcounts.hpp"
@@ -73,7 +82,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace fleece::cow {
@@ -93,6 +101,10 @@ struct Qcow2OpenOptions {
   // caller MUST open a Qcow2BitmapStore (cow/qcow2_bitmaps.hpp) on the image
   // before anything writes to it: that marks every stored bitmap in_use.
   bool keep_bitmaps = false;
+  // Bytes of L2 tables kept in memory (QEMU's l2-cache-size); 0: enough to
+  // map 32 GiB of virtual disk (QEMU's default cover), or the whole disk if
+  // smaller, and at most 32 MiB. At least one table is always kept.
+  uint64_t l2_cache_bytes = 0;
 };
 
 enum class Qcow2ClusterKind { unallocated, zero, data };
@@ -133,8 +145,9 @@ class Qcow2Image final : public block::Device,
   // --- cluster API -------------------------------------------------------
   block::Task<Result<Qcow2ClusterMapping>> map_cluster(uint64_t guest_cluster);
   // The same without I/O, from the L2 cache: std::nullopt when the L2 table
-  // is not cached yet (never for images made by create(): every table they
-  // have was made in memory) or the entry is invalid.
+  // is not cached (never for images made by create(): every table they have
+  // was made in memory, and their cache has no limit) or the entry is
+  // invalid.
   std::optional<Qcow2ClusterMapping> cached_mapping(uint64_t guest_cluster) const;
   // data.size() == cluster_size(), or for the last cluster of a virtual
   // size that ends inside it, either that or exactly the bytes up to the end
@@ -145,6 +158,9 @@ class Qcow2Image final : public block::Device,
   block::Task<std::error_code> zero_cluster(uint64_t guest_cluster);
   block::Task<std::error_code> discard_cluster(uint64_t guest_cluster);
   uint64_t data_bytes_in_use() const;
+  // L2 tables in memory now, and the limit they are kept to.
+  uint64_t l2_cache_bytes() const;
+  uint64_t l2_cache_limit() const;
   // Host clusters with a non-zero refcount, times the cluster size.
   uint64_t file_bytes_in_use() const;
 
@@ -201,10 +217,13 @@ class Qcow2Image final : public block::Device,
   Qcow2Image(std::shared_ptr<block::Device> file, Qcow2Header header);
 
   block::Task<std::error_code> load_metadata(std::string* why);
-  // Loads the L2 table for l1_index into the cache if the L1 entry points at
-  // one. Never evicted, so the pointer stays valid.
-  block::Task<Result<Qcow2MetaTable*>> l2_table(uint64_t l1_index);
-  block::Task<Result<Entry>> lookup(uint64_t guest_cluster);
+  // The L2 table for l1_index (loaded into the cache if the L1 entry points
+  // at one; null if not). Holding the pointer pins it in the cache; its
+  // bytes are read and changed under mu_ only.
+  block::Task<Result<Qcow2L2Cache::Table>> l2_table(uint64_t l1_index);
+  // guest_cluster's entry; *keep (if given) receives its table (null when
+  // the L1 entry is empty), pinned for a later change of the entry.
+  block::Task<Result<Entry>> lookup(uint64_t guest_cluster, Qcow2L2Cache::Table* keep = nullptr);
   Result<Entry> decode_locked(uint64_t raw) const;
   // Under mu_: g's entry from the L2 cache, without I/O; std::nullopt when
   // its table is not cached.
@@ -215,8 +234,12 @@ class Qcow2Image final : public block::Device,
   void unpin(HostPins::iterator pin);
   // Under mu_: the refcount of a host cluster no reference is left to drops.
   void release_locked(uint64_t host);
-  // Under mu_: the L2 table for l1_index, allocating a new one if needed.
-  Result<Qcow2MetaTable*> l2_for_update_locked(uint64_t l1_index);
+  // The L2 table for l1_index, allocating a new one if needed.
+  block::Task<Result<Qcow2L2Cache::Table>> l2_for_update(uint64_t l1_index);
+  // After a request (or loading a table): trims the L2 cache to its limit,
+  // writing metadata back first if dirty tables keep it over.
+  block::Task<void> settle_l2();
+  bool l2_over_limit() const;
   std::error_code writable_check() const;
   bool has_backing_locked() const;
 
@@ -243,7 +266,7 @@ class Qcow2Image final : public block::Device,
   Qcow2Bytes header_cluster_;
   bool header_dirty_ = false;
   std::unique_ptr<Qcow2MetaTable> l1_;
-  std::unordered_map<uint64_t, std::unique_ptr<Qcow2MetaTable>> l2_;
+  mutable Qcow2L2Cache l2_;  // mutable: lookups mark tables recently used
   std::optional<Qcow2Refcounts> refcounts_;
   std::vector<uint64_t> free_after_flush_;  // host clusters dropped from L2
   mutable HostPins pins_;                   // host bytes being sent by file ranges
