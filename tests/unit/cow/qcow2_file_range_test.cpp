@@ -10,6 +10,7 @@
 #include "util/log.hpp"
 
 #include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <doctest/doctest.h>
 
 #include <fmt/format.h>
@@ -52,6 +53,24 @@ void check_range(block::Device& d, uint64_t off, uint64_t len) {
   REQUIRE(r);
   CHECK(r->keep);
   CHECK(pread_range(*r, len) == read_dev(d, off, len));
+}
+
+// A qcow2 image made by fleece in a real (page-cached) file at path.
+std::shared_ptr<Qcow2Image> create_on_file(const std::string& path, Qcow2CreateOptions o) {
+  log::set_level(log::Level::error);
+  write_file(path, {});
+  std::string why;
+  auto file = block::open_raw_file(path, {}, &why);
+  REQUIRE(file);
+  auto created = run(Qcow2Image::create(*file, std::move(o)));
+  REQUIRE(created);
+  return *created;
+}
+
+void check_qemu_img(const std::string& path) {
+  auto [rc, out] = shell("qemu-img check -f qcow2 '" + path + "'");
+  INFO(out);
+  CHECK(rc == 0);
 }
 
 void check_none(block::Device& d, uint64_t off, uint64_t len) {
@@ -161,16 +180,9 @@ TEST_CASE("qcow2 file_range: an L2 table not cached yet, a backing past its end"
 
 TEST_CASE("qcow2 file_range: a cluster being sent is not reused until the range is dropped") {
   if (!have_cachestat()) return;
-  log::set_level(log::Level::error);
   TempDir dir;
   const std::string path = dir.file("img.qcow2");
-  write_file(path, {});
-  std::string why;
-  auto file = block::open_raw_file(path, {}, &why);
-  REQUIRE(file);
-  auto created = run(Qcow2Image::create(*file, {.virtual_size = 8 * kMiB}));
-  REQUIRE(created);
-  auto img = *created;
+  auto img = create_on_file(path, {.virtual_size = 8 * kMiB});
   const uint32_t cs = img->cluster_size();
   const auto a = pattern(cs, 1), b = pattern(cs, 2), c = pattern(cs, 3);
   REQUIRE(!run(img->write_cluster(0, a)));
@@ -203,9 +215,7 @@ TEST_CASE("qcow2 file_range: a cluster being sent is not reused until the range 
     v.insert(v.end(), c.begin(), c.end());
     return v;
   }());
-  auto [rc, out] = shell("qemu-img check -f qcow2 '" + path + "'");
-  INFO(out);
-  CHECK(rc == 0);
+  check_qemu_img(path);
 }
 
 TEST_CASE("Qcow2RangeLock::try_lock grants only what lock() would grant at once") {
@@ -236,4 +246,68 @@ TEST_CASE("Qcow2RangeLock::try_lock grants only what lock() would grant at once"
   io.run();
   CHECK(got);
   CHECK(lock.held_count() == 0);
+}
+
+TEST_CASE("qcow2 file_range: under concurrent writes, zeroes and discards a range holds its cluster's bytes") {
+  if (!have_cachestat()) return;
+  TempDir dir;
+  const std::string path = dir.file("img.qcow2");
+  const uint32_t cs = 4096;
+  auto img = create_on_file(path, {.virtual_size = 4 * kMiB, .cluster_size = cs});
+  // Every 8-byte word of guest cluster g's data says g, whatever version:
+  // a range that shows another cluster's word was reused under the sender.
+  constexpr uint64_t kClusters = 24;
+  auto tagged = [&](uint64_t g) {
+    std::vector<std::byte> v(cs);
+    for (uint64_t i = 0; i < cs; i += 8) std::memcpy(v.data() + i, &g, 8);
+    return v;
+  };
+  boost::asio::io_context io;
+  int failures = 0, ranges = 0, writers_done = 0;
+  auto yield = [&]() { return boost::asio::post(io, boost::asio::use_awaitable); };
+  auto writer = [&](int w) -> boost::asio::awaitable<void> {
+    std::mt19937_64 rng(w);
+    for (int i = 0; i < 400; ++i) {
+      const uint64_t g = rng() % kClusters;
+      std::error_code ec;
+      switch (rng() % 3) {
+        case 0: ec = co_await img->write_cluster(g, tagged(g)); break;
+        case 1: ec = co_await img->zero_cluster(g); break;
+        case 2: ec = co_await img->discard_cluster(g); break;
+      }
+      if (ec) ++failures;
+      co_await yield();
+    }
+    ++writers_done;
+  };
+  auto reader = [&](int r) -> boost::asio::awaitable<void> {
+    std::mt19937_64 rng(100 + r);
+    while (writers_done < 3) {
+      const uint64_t g = rng() % kClusters;
+      auto range = img->file_range(g * cs, cs);
+      if (!range) {
+        co_await yield();
+        continue;
+      }
+      ++ranges;
+      // Sending, slowly: long enough for a discard's flush and a reuse.
+      boost::asio::steady_timer slow(io, std::chrono::microseconds(rng() % 3000));
+      co_await slow.async_wait(boost::asio::use_awaitable);
+      std::vector<uint64_t> words(cs / 8);
+      if (::pread(range->fd, words.data(), cs, off_t(range->offset)) != ssize_t(cs)) ++failures;
+      for (uint64_t x : words)
+        if (x != g) {
+          ++failures;
+          break;
+        }
+    }
+  };
+  for (int w = 0; w < 3; ++w) boost::asio::co_spawn(io, writer(w), boost::asio::detached);
+  for (int r = 0; r < 2; ++r) boost::asio::co_spawn(io, reader(r), boost::asio::detached);
+  io.run();
+  CHECK(writers_done == 3);
+  CHECK(failures == 0);
+  CHECK(ranges > 100);
+  REQUIRE(!run(img->flush()));
+  check_qemu_img(path);
 }
