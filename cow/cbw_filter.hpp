@@ -32,9 +32,11 @@
 // in-flight reads of those clusters, then free the store cluster S_i read
 // from if no snapshot reads it any more (it becomes a zero cluster).
 //
-// Snapshots are added with the write gate closed (close_gate() drains
-// in-flight guest writes and holds new ones): that instant is the snapshot's
-// point in time. remove_snapshot() stops the export and releases every
+// Snapshots are added with the write gate closed: that instant is the
+// snapshot's point in time. Only a guest write's write to D holds the gate
+// (close_gate() waits for those and holds new ones); its copies run before,
+// outside it, and are redone if a snapshot started meanwhile, the write then
+// falling after the point in time (see cow/write_gate.hpp). remove_snapshot() stops the export and releases every
 // cluster the snapshot read as a discard would; its store stays as a hidden
 // zombie while older snapshots still read through it.
 //
@@ -42,9 +44,8 @@
 // std::mutex guards the bitmaps and the chain and is never held across an
 // await. Cluster locks are the only locks held across I/O.
 //
-// Lifetime: a copy that outlived its writer's cbw-timeout keeps running
-// (holding the gate). Destroy the filter only when no operation is in
-// flight: after close_gate() has completed and frozen reads have drained.
+// Lifetime: owned by a shared_ptr; a copy that outlived its writer's
+// cbw-timeout keeps running and keeps the filter alive.
 #pragma once
 
 #include "block/device.hpp"
@@ -92,7 +93,7 @@ struct CbwFilterOptions {
   std::string disk_format = "raw";
 };
 
-class CbwFilter final : public block::Device {
+class CbwFilter final : public block::Device, public std::enable_shared_from_this<CbwFilter> {
  public:
   using BrokenCallback = std::function<void(SnapshotId, std::error_code)>;
 
@@ -126,12 +127,14 @@ class CbwFilter final : public block::Device {
 
   // --- Snapshot lifecycle.
   // Appends a new newest snapshot. The gate must be closed (asserted). The
-  // store must be empty, of the disk's size, and of the cluster size every
-  // other store of this disk has (else std::errc::invalid_argument); the
-  // caller created it backed by the disk. Re-points the previous newest
-  // store's backing file at it.
+  // store must be empty (check with empty_store() before closing the gate:
+  // here only its stored bytes are), of the disk's size, and of the cluster
+  // size every other store of this disk has (else
+  // std::errc::invalid_argument); the caller created it backed by the disk.
+  // Re-points the previous newest store's backing file at it.
   block::Task<Result<SnapshotId>> add_snapshot(std::shared_ptr<ClusterStore> store,
                                                SnapshotPolicy policy = {});
+  static bool empty_store(const ClusterStore& store);  // every cluster absent
   // Stops the snapshot: its reads fail from now on (std::errc::no_such_device),
   // and its store is removed once no older snapshot reads through it.
   block::Task<std::error_code> remove_snapshot(SnapshotId id);
@@ -163,11 +166,12 @@ class CbwFilter final : public block::Device {
   class CopyOutcome;
   struct BackgroundCopy;
 
-  block::Task<std::error_code> before_write(uint64_t offset, uint64_t length,
-                                            const WriteGate::Ticket& ticket);
+  block::Task<std::error_code> copy_then_enter(uint64_t offset, uint64_t length,
+                                               WriteGate::Ticket& ticket);
+  bool needs_copies(uint64_t offset, uint64_t length) const;
+  block::Task<std::error_code> before_write(uint64_t offset, uint64_t length);
   block::Task<std::error_code> preserve_range(uint64_t first, uint64_t last);
-  // A writer's copies, spawned so it can stop waiting at cbw-timeout; the
-  // ticket keeps the gate from closing until they are done.
+  // A writer's copies, spawned so it can stop waiting at cbw-timeout.
   block::Task<void> copy_in_background(BackgroundCopy* hand_over, uint64_t first, uint64_t last);
   block::Task<std::error_code> preserve_cluster(uint64_t cluster);
   block::Task<std::error_code> copy_cluster(const std::shared_ptr<Snapshot>& snap,

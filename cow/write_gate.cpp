@@ -6,12 +6,16 @@ namespace fleece::cow {
 
 boost::asio::awaitable<WriteGate::Ticket> WriteGate::enter() {
   for (;;) {
+    const uint64_t epoch = co_await wait_open();
+    if (auto t = try_enter(epoch); t.valid()) co_return t;
+  }
+}
+
+boost::asio::awaitable<uint64_t> WriteGate::wait_open() {
+  for (;;) {
     {
       std::lock_guard lk(mutex_);
-      if (close_depth_ == 0) {
-        ++in_flight_;
-        co_return Ticket(this);
-      }
+      if (close_depth_ == 0) co_return epoch_;
     }
     co_await suspend([&](Resumer&& r) {
       std::unique_lock lk(mutex_);
@@ -26,10 +30,17 @@ boost::asio::awaitable<WriteGate::Ticket> WriteGate::enter() {
   }
 }
 
-WriteGate::Ticket WriteGate::share(const Ticket& held) {
-  assert(held.valid());
-  (void)held;
+WriteGate::Ticket WriteGate::try_enter_open(uint64_t& epoch) {
   std::lock_guard lk(mutex_);
+  if (close_depth_ != 0) return Ticket();
+  epoch = epoch_;
+  ++in_flight_;
+  return Ticket(this);
+}
+
+WriteGate::Ticket WriteGate::try_enter(uint64_t epoch) {
+  std::lock_guard lk(mutex_);
+  if (close_depth_ != 0 || epoch_ != epoch) return Ticket();
   ++in_flight_;
   return Ticket(this);
 }
@@ -38,6 +49,7 @@ boost::asio::awaitable<void> WriteGate::close() {
   {
     std::lock_guard lk(mutex_);
     ++close_depth_;
+    ++epoch_;
     if (in_flight_ == 0) co_return;
   }
   co_await suspend([&](Resumer&& r) {

@@ -15,8 +15,9 @@ Task<Result<std::unique_ptr<FleeceGroup>>> FleeceGroup::start(std::string id,
   if (members.empty()) co_return std::make_error_code(std::errc::invalid_argument);
   std::set<const cow::CbwFilter*> distinct;
   for (auto& m : members) {
-    if (!m.filter || !m.store || !distinct.insert(m.filter.get()).second)
-      co_return std::make_error_code(std::errc::invalid_argument);  // one snapshot per disk
+    if (!m.filter || !m.store || !distinct.insert(m.filter.get()).second ||
+        !cow::CbwFilter::empty_store(*m.store))
+      co_return std::make_error_code(std::errc::invalid_argument);  // one snapshot per disk, empty stores
   }
 
   const auto t0 = std::chrono::steady_clock::now();

@@ -408,11 +408,13 @@ TEST_CASE("cbw: cbw-timeout under break-snapshot lets the write through and brea
     CHECK(rig.filter->stats(s1)->broken);
     CHECK(rig.filter->stats(s1)->broken_reason == Errc::cbw_timeout);
     CHECK(slice(rig.disk->contents(), 2 * kCs, 10) == pattern(10, 2));
-    // The copy still holds the gate: a snapshot start waits for it.
-    CHECK(rig.filter->gate().in_flight() == 1);
+    // The copy runs on outside the gate: a snapshot start does not wait for it.
+    CHECK(rig.filter->gate().in_flight() == 0);
+    auto s2 = co_await rig.start();
+    auto now = rig.disk->contents();
     rig.stores[0]->set_hold(false);
     co_await settle(60);
-    CHECK(rig.filter->gate().in_flight() == 0);
+    CHECK(co_await rig.read(s2, 0, kSize) == now);
     std::error_code ec;
     co_await rig.read(s1, 0, 1, &ec);
     CHECK(ec == Errc::snapshot_broken);
@@ -542,4 +544,30 @@ TEST_CASE("cbw: the gate gives a point in time across two disks") {
     co_await sleep_for(microseconds(2000));
   });
   CHECK(checked == 90);
+}
+
+TEST_CASE("cbw: a snapshot start does not wait for copies; a write still copying falls after it") {
+  Rig rig;
+  std::optional<std::error_code> wa;  // the held write's result
+  run([&]() -> Task<void> {
+    auto old = co_await rig.fill();
+    auto s1 = co_await rig.start();
+    rig.stores[0]->set_hold(true);
+    spawn(rig.write(2 * kCs + 7, 10, 9), wa, co_await asio::this_coro::executor);
+    co_await settle();
+    CHECK_FALSE(wa.has_value());  // parked in its copy into St1
+    CHECK(rig.filter->gate().in_flight() == 0);
+    // The start completes at once, with the write still copying.
+    auto s2 = co_await rig.start();
+    CHECK_FALSE(wa.has_value());
+    rig.stores[0]->set_hold(false);
+    co_await settle(60);
+    REQUIRE(wa.has_value());
+    CHECK(!*wa);
+    CHECK(slice(rig.disk->contents(), 2 * kCs + 7, 10) == pattern(10, 9));
+    // The write is in neither snapshot: it came after both points in time.
+    CHECK(co_await rig.read(s1, 0, kSize) == old);
+    CHECK(co_await rig.read(s2, 0, kSize) == old);
+    CHECK(rig.stores[1]->state(2) == cow::ClusterState::data);  // S2 got its own copy
+  });
 }

@@ -157,3 +157,24 @@ TEST_CASE("write gate: two closers; the gate opens only after both open") {
     CHECK(entered);
   });
 }
+
+TEST_CASE("write gate: a close starts a new epoch; try_enter with an older one fails") {
+  cow::WriteGate gate;
+  run([&]() -> Task<void> {
+    const uint64_t e0 = co_await gate.wait_open();
+    {
+      auto t = gate.try_enter(e0);
+      CHECK(t.valid());
+      CHECK(gate.in_flight() == 1);
+    }
+    CHECK(gate.in_flight() == 0);
+    co_await gate.close();
+    CHECK_FALSE(gate.try_enter(e0).valid());  // closed
+    gate.open();
+    CHECK_FALSE(gate.try_enter(e0).valid());  // open again, but a close came between
+    CHECK(gate.in_flight() == 0);
+    const uint64_t e1 = co_await gate.wait_open();
+    CHECK(e1 != e0);
+    CHECK(gate.try_enter(e1).valid());
+  });
+}
