@@ -21,7 +21,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <optional>
+#include <utility>
 
 namespace fleece::block {
 
@@ -132,7 +134,9 @@ class RawFile final : public Device, public std::enable_shared_from_this<RawFile
   Task<std::error_code> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags flags) override {
     if (read_only_) co_return std::make_error_code(std::errc::read_only_file_system);
     if (length == 0) co_return std::error_code{};
+    forget_data();  // before and after: a block-status walk may overlap
     auto ec = co_await zero_range(offset, length, flags);
+    forget_data();
     if (!ec && flags.fua) ec = co_await io::fdatasync(fd_.get());
     co_return ec;
   }
@@ -140,6 +144,7 @@ class RawFile final : public Device, public std::enable_shared_from_this<RawFile
   Task<std::error_code> trim(uint64_t offset, uint64_t length, WriteFlags flags) override {
     if (read_only_) co_return std::make_error_code(std::errc::read_only_file_system);
     std::error_code ec;
+    forget_data();  // before and after: a block-status walk may overlap
     if (block_device_) {
       ec = co_await discard(offset, length);
     } else if (punch_ok_ && length > 0) {
@@ -150,6 +155,7 @@ class RawFile final : public Device, public std::enable_shared_from_this<RawFile
         ec.clear();
       }
     }
+    forget_data();
     if (!ec && flags.fua) ec = co_await io::fdatasync(fd_.get());
     co_return ec;
   }
@@ -182,7 +188,14 @@ class RawFile final : public Device, public std::enable_shared_from_this<RawFile
     const uint64_t end = offset + length;
     uint64_t pos = offset;
     std::size_t pushed = 0;
+    const uint64_t gen = data_generation();
     for (std::size_t round = 0; pos < end && round < kMaxExtentsPerCall; ++round) {
+      if (const uint64_t known_end = known_data_end(pos); known_end > pos) {
+        const uint64_t data_end = std::min(known_end, end);
+        push(out, data_end - pos, 0, pushed);
+        pos = data_end;
+        continue;
+      }
       off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
       if (data < 0) {
         int e = errno;
@@ -206,6 +219,7 @@ class RawFile final : public Device, public std::enable_shared_from_this<RawFile
         break;
       }
       if (static_cast<uint64_t>(hole) <= pos) continue;  // punched meanwhile: look again
+      remember_data(pos, static_cast<uint64_t>(hole), gen);
       uint64_t data_end = std::min<uint64_t>(static_cast<uint64_t>(hole), end);
       push(out, data_end - pos, 0, pushed);
       pos = data_end;
@@ -215,6 +229,30 @@ class RawFile final : public Device, public std::enable_shared_from_this<RawFile
   }
 
  private:
+  // The last data region lseek found (QEMU's block-status cache does the
+  // same): a fully allocated file then costs one SEEK_DATA/SEEK_HOLE pair,
+  // not one per request. On tmpfs each SEEK_HOLE walks the page cache to the
+  // next hole, the end of such a file: milliseconds a call, which made a
+  // client's block-status walk quadratic. Only data is remembered, and only
+  // a punch (trim, write_zeroes) turns data into a hole: it forgets the
+  // region, and a walk that overlapped a punch does not store its result.
+  uint64_t data_generation() const {
+    std::lock_guard lk(data_mu_);
+    return data_gen_;
+  }
+  uint64_t known_data_end(uint64_t pos) const {
+    std::lock_guard lk(data_mu_);
+    return known_data_.first <= pos && pos < known_data_.second ? known_data_.second : 0;
+  }
+  void remember_data(uint64_t start, uint64_t end, uint64_t gen) {
+    std::lock_guard lk(data_mu_);
+    if (gen == data_gen_) known_data_ = {start, end};
+  }
+  void forget_data() {
+    std::lock_guard lk(data_mu_);
+    known_data_ = {0, 0};
+    ++data_gen_;
+  }
   static void push(std::vector<Extent>& out, uint64_t length, uint32_t flags, std::size_t& pushed) {
     if (pushed > 0 && out.back().flags == flags) {
       out.back().length += length;
@@ -318,6 +356,9 @@ class RawFile final : public Device, public std::enable_shared_from_this<RawFile
   std::atomic<bool> punch_ok_;
   std::atomic<bool> zero_range_ok_;
   std::atomic<bool> seek_ok_{true};
+  mutable std::mutex data_mu_;
+  std::pair<uint64_t, uint64_t> known_data_{0, 0};  // [start, end), empty when equal
+  uint64_t data_gen_ = 0;                           // bumped by every punch
   io::CachedWriteState write_state_;
 };
 

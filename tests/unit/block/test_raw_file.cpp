@@ -321,6 +321,45 @@ TEST_CASE("raw file: block_status of a sparse file matches its layout") {
   CHECK(ex[0].flags == kHoleZero);
 }
 
+TEST_CASE("raw file: block_status remembers a data region, and a punch inside it is seen") {
+  // The remembered region answers repeated walks without lseek; trim and
+  // write_zeroes with may_trim must make the holes they punch show again.
+  each_backend();
+  for (const char* dir : {"/tmp", "/dev/shm"}) {
+    CAPTURE(dir);
+    constexpr uint64_t kSize = 2 << 20;
+    TempFile file(kSize, dir);
+    auto dev = open_ok(file.path());
+    run([&]() -> Task<void> {
+      auto data = pattern(0, kSize);
+      CHECK(!co_await dev->write(0, data, {}));
+    }());
+    for (uint64_t off = 0; off < kSize; off += 64 << 10) {  // a client's walk, twice
+      auto ex = status(*dev, off, 64 << 10);
+      REQUIRE(ex.size() == 1);
+      CHECK(ex[0].flags == 0);
+      CHECK(status(*dev, off, 64 << 10)[0].flags == 0);
+    }
+    run([&]() -> Task<void> {
+      CHECK(!co_await dev->trim(256 << 10, 64 << 10, {}));
+      CHECK(!co_await dev->write_zeroes(1 << 20, 128 << 10, {.may_trim = true}));
+    }());
+    auto flags = per_block(status(*dev, 0, kSize), kSize);
+    REQUIRE(flags.size() == kSize / 4096);
+    for (uint64_t b = 0; b < flags.size(); ++b) {
+      const uint64_t at = b * 4096;
+      const bool punched = (at >= (256 << 10) && at < (320 << 10)) || (at >= (1 << 20) && at < (1152 << 10));
+      CHECK_MESSAGE(flags[b] == (punched ? kHoleZero : 0u), "block ", b);
+    }
+    // Writing into a hole makes it data again (data is never cached wrongly as hole).
+    run([&]() -> Task<void> {
+      auto data = pattern(256 << 10, 64 << 10);
+      CHECK(!co_await dev->write(256 << 10, data, {}));
+    }());
+    CHECK(status(*dev, 256 << 10, 64 << 10)[0].flags == 0);
+  }
+}
+
 TEST_CASE("raw file: block_status stops after a bounded number of extents") {
   TempFile file(3000 * 8192);
   auto dev = open_ok(file.path());
