@@ -46,6 +46,19 @@ have_ipv6() {
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
+# hold_lock FILE: another process takes an flock on FILE and holds it (as a
+# running server holds its stores) until killed or 30 s pass; waits until it
+# holds it. Sets HOLDER_PID (killing it frees the lock: no child keeps the fd).
+hold_lock() {
+  timeout 30 $PY -c 'import fcntl, sys, time
+f = open(sys.argv[1], "r+"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(30)' \
+    "$1" >"$T/lock.out" &
+  HOLDER_PID=$!
+  for ((i = 0; i < 50; i++)); do grep -qs locked "$T/lock.out" && return 0; sleep 0.1; done
+  fail "the lock holder did not start"
+}
+
+
 # sha256 of LEN bytes at OFFSET of FILE.
 sha_range() {
   $PY - "$1" "$2" "$3" <<'EOF'

@@ -37,12 +37,8 @@ SERVER_PID=
 
 # A store-like file another live process holds locked must survive the sweep.
 touch "$T/stores/d.fleece-999999-other.qcow2"
-# One process holds the lock (killing it frees it; no child keeps the fd).
-timeout 30 $PY -c 'import fcntl, sys, time
-f = open(sys.argv[1], "r+"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(30)' \
-  "$T/stores/d.fleece-999999-other.qcow2" >"$T/lock.out" &
-lock_pid=$!
-for ((i = 0; i < 50; i++)); do grep -q locked "$T/lock.out" && break; sleep 0.1; done
+hold_lock "$T/stores/d.fleece-999999-other.qcow2"
+lock_pid=$HOLDER_PID
 serve_start --disk d="$T/d.img" --listen unix:"$T/s" --store-dir "$T/stores"
 [[ ! -e $store ]] || fail "stale store not removed at start-up"
 grep -q "removed the stale store" "$SERVER_LOG" || fail "no log line for the stale store"

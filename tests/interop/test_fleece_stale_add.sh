@@ -22,12 +22,8 @@ SERVER_PID=
 # A store-like file beside the disk that a live process holds locked.
 held=$T/vm/d.fleece-999999-other.qcow2
 touch "$held"
-timeout 30 $PY -c 'import fcntl, sys, time
-f = open(sys.argv[1], "r+"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(30)' \
-  "$held" >"$T/lock.out" &
-lock_pid=$!
-for ((i = 0; i < 50; i++)); do grep -qs locked "$T/lock.out" && break; sleep 0.1; done
-grep -q locked "$T/lock.out" || fail "the lock holder did not start"
+hold_lock "$held"
+lock_pid=$HOLDER_PID
 # A file that only looks similar is not a store and is never touched.
 touch "$T/vm/d.fleece-notastore.qcow2"
 
