@@ -93,7 +93,8 @@ block::Task<Result<OpenedStack>> open_stack(const DiskSpec* spec, std::string* w
   const std::string format = spec->format == DiskFormat::qcow2 ? "qcow2" : "raw";
   cow::ChainOpenOptions options{.read_only = spec->read_only,
                                 .direct = spec->cache == CacheMode::none,
-                                .keep_bitmaps = true};
+                                .keep_bitmaps = true,
+                                .l2_cache_bytes = spec->l2_cache_bytes};
   const std::string path = spec->path;
   auto chain = co_await cow::BackingChain::open(path, format, options, why);
   if (!chain) co_return chain.error();

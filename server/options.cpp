@@ -42,11 +42,31 @@ std::string ListenAddress::to_string() const {
   return fmt::format("tcp:{}:{}", host, port);
 }
 
+// A value that does not fit in 64 bits is refused too.
+std::optional<uint64_t> parse_byte_size(std::string_view text) {
+  uint64_t shift = 0;
+  if (!text.empty()) {
+    switch (text.back()) {
+      case 'K': case 'k': shift = 10; break;
+      case 'M': case 'm': shift = 20; break;
+      case 'G': case 'g': shift = 30; break;
+      default: break;
+    }
+    if (shift) text.remove_suffix(1);
+  }
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  if (n > (UINT64_MAX >> shift)) return std::nullopt;
+  return n << shift;
+}
+
 DiskSpec parse_disk_spec(std::string_view text) {
   DiskSpec disk;
   auto eq = text.find('=');
   if (eq == std::string_view::npos || eq == 0) {
-    fail(fmt::format("--disk '{}': expected NAME=PATH[,format=raw][,readonly][,cache=writeback|none]",
+    fail(fmt::format("--disk '{}': expected NAME=PATH[,format=raw|qcow2][,readonly][,cache=writeback|none]"
+                     "[,l2-cache-size=BYTES]",
                      text));
   }
   disk.name = std::string(text.substr(0, eq));
@@ -58,6 +78,7 @@ DiskSpec parse_disk_spec(std::string_view text) {
   auto parts = split(text.substr(eq + 1), ',');
   disk.path = std::string(parts[0]);
   if (disk.path.empty()) fail(fmt::format("--disk {}: the path is empty; write {}=PATH", disk.name, disk.name));
+  bool l2_cache_given = false;
   for (size_t i = 1; i < parts.size(); ++i) {
     std::string_view part = parts[i];
     auto peq = part.find('=');
@@ -86,10 +107,21 @@ DiskSpec parse_disk_spec(std::string_view text) {
         fail(fmt::format("--disk {}: unknown cache mode '{}'; use cache=writeback or cache=none",
                          disk.name, value));
       }
+    } else if (key == "l2-cache-size") {
+      auto bytes = parse_byte_size(value);
+      if (!bytes) {
+        fail(fmt::format("--disk {}: l2-cache-size takes a size in bytes (K, M or G suffix allowed), not '{}'",
+                         disk.name, value));
+      }
+      disk.l2_cache_bytes = *bytes;
+      l2_cache_given = true;
     } else {
-      fail(fmt::format("--disk {}: unknown setting '{}'; known: format=raw, readonly, "
-                       "cache=writeback|none", disk.name, part));
+      fail(fmt::format("--disk {}: unknown setting '{}'; known: format=raw|qcow2, readonly, "
+                       "cache=writeback|none, l2-cache-size=BYTES", disk.name, part));
     }
+  }
+  if (l2_cache_given && disk.format != DiskFormat::qcow2) {
+    fail(fmt::format("--disk {}: l2-cache-size is a qcow2 setting; add format=qcow2", disk.name));
   }
   return disk;
 }
@@ -134,7 +166,8 @@ ListenAddress parse_listen_address(std::string_view text) {
 }
 
 std::string serve_usage() {
-  return "usage: fleece serve --disk NAME=PATH[,format=raw][,readonly][,cache=writeback|none] ...\n"
+  return "usage: fleece serve --disk NAME=PATH[,format=raw|qcow2][,readonly][,cache=writeback|none]"
+         "[,l2-cache-size=BYTES] ...\n"
          "                    [--listen unix:PATH|tcp:HOST:PORT ...] (default unix:./fleece.sock)\n"
          "                    [--qmp unix:PATH] [--store-dir DIR]\n"
          "                    [--tls off|on|require] [--tls-creds DIR] [--tls-psk FILE] [--tls-verify-peer]\n"

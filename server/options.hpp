@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -33,6 +34,9 @@ struct DiskSpec {
   DiskFormat format = DiskFormat::raw;
   bool read_only = false;
   CacheMode cache = CacheMode::writeback;
+  // Each qcow2 layer's L2 table cache in bytes (QEMU's l2-cache-size);
+  // 0 = enough to cover 32 GiB of disk, at most 32 MiB.
+  uint64_t l2_cache_bytes = 0;
 };
 
 // --listen unix:PATH | tcp:HOST:PORT | tcp:[V6ADDR]:PORT
@@ -75,6 +79,8 @@ ServeOptions parse_serve_options(const std::vector<std::string>& args,
 
 // Pieces, exposed for tests and for QMP (blockdev-add, nbd-server-start).
 DiskSpec parse_disk_spec(std::string_view text);
+// "4096", "64K", "1M", "2G" (binary multiples), else nullopt.
+std::optional<uint64_t> parse_byte_size(std::string_view text);
 ListenAddress parse_listen_address(std::string_view text);
 
 // Usage text for --help and for errors that need it.

@@ -37,7 +37,7 @@ std::vector<QmpParam> blockdev_add_params() {
   QmpParam cache = qmp_optional("cache", QmpType::object);
   cache.members = {qmp_optional("direct", QmpType::boolean), qmp_optional("no-flush", QmpType::boolean)};
   return {qmp_required("node-name", QmpType::string), driver, qmp_required("filename", QmpType::string),
-          qmp_optional("read-only", QmpType::boolean), cache};
+          qmp_optional("read-only", QmpType::boolean), cache, qmp_optional("l2-cache-size", QmpType::integer)};
 }
 
 // QEMU's ImageInfo, with the layers below nested as "backing-image".
@@ -75,6 +75,13 @@ void register_block_commands(QmpCommandTable& table, const QmpServices& services
                  if (qmp_arg_bool(cache->get_object(), "no-flush", false)) {
                    co_return QmpError::generic("cache.no-flush is not supported: fleece always honours flushes");
                  }
+               }
+               if (args.contains("l2-cache-size")) {
+                 // A qcow2 option, as in QEMU: no other driver has an L2 table.
+                 if (spec.format != DiskFormat::qcow2) co_return QmpError::generic("Invalid parameter 'l2-cache-size'");
+                 const int64_t bytes = qmp_arg_int(args, "l2-cache-size", 0);
+                 if (bytes < 0) co_return QmpError::generic("Parameter 'l2-cache-size' expects a non-negative value");
+                 spec.l2_cache_bytes = static_cast<uint64_t>(bytes);
                }
                if (spec.name.empty()) co_return QmpError::generic("Parameter 'node-name' must not be empty");
                if (disks->find(spec.name)) {

@@ -1,6 +1,7 @@
 // The chain's QMP commands (query-block with backing images,
 // blockdev-snapshot-sync, block-commit, block-job-*), the job table and the
 // qemu:allocation-depth context, on chains made by qemu-img.
+#include "cow/backing_chain.hpp"
 #include "server/allocation_depth_context.hpp"
 #include "server/disk_table.hpp"
 #include "server/export_registry.hpp"
@@ -288,4 +289,22 @@ TEST_CASE("allocation depth: the context of a disk's export answers per layer, l
     REQUIRE(!ec);
   }());
   CHECK(extents(0, 2 * kMiB) == V{{65536, 1}, {kMiB - 65536, 3}, {kMiB, 2}});
+}
+
+TEST_CASE("chain commands: blockdev-add l2-cache-size reaches the chain; refused for raw") {
+  Chain c;
+  Harness h;
+  h.ok(exec("blockdev-add", fmt::format(R"("node-name": "vm", "driver": "qcow2", "filename": "{}", "l2-cache-size": 131072)",
+                                        c.newcow)));
+  auto disk = h.disks.find("vm");
+  REQUIRE(disk);
+  CHECK(disk->spec.l2_cache_bytes == 131072);
+  CHECK(disk->chain->options().l2_cache_bytes == 131072);
+  CHECK(h.error(exec("blockdev-add", fmt::format(R"("node-name": "r", "driver": "file", "filename": "{}", "l2-cache-size": 65536)",
+                                                 c.newcow))) == "GenericError: Invalid parameter 'l2-cache-size'");
+  CHECK(h.error(exec("blockdev-add", fmt::format(R"("node-name": "n", "driver": "qcow2", "filename": "{}", "l2-cache-size": -1)",
+                                                 c.newcow))) ==
+        "GenericError: Parameter 'l2-cache-size' expects a non-negative value");
+  CHECK_FALSE(h.disks.find("r"));
+  CHECK_FALSE(h.disks.find("n"));
 }

@@ -88,6 +88,22 @@ TEST_CASE("serve options: a disk path may contain '='") {
   CHECK(parse_disk_spec("x=/i").format == DiskFormat::raw);  // never probed: a guest could forge a header
 }
 
+TEST_CASE("serve options: l2-cache-size for qcow2 disks, in bytes with K/M/G") {
+  CHECK(parse_disk_spec("x=/i,format=qcow2").l2_cache_bytes == 0);  // the default
+  CHECK(parse_disk_spec("x=/i,format=qcow2,l2-cache-size=4096").l2_cache_bytes == 4096);
+  CHECK(parse_disk_spec("x=/i,l2-cache-size=64K,format=qcow2").l2_cache_bytes == 65536);
+  CHECK(parse_disk_spec("x=/i,format=qcow2,l2-cache-size=2M").l2_cache_bytes == 2u << 20);
+  CHECK(parse_byte_size("1G") == uint64_t(1) << 30);
+  CHECK_FALSE(parse_byte_size(""));
+  CHECK_FALSE(parse_byte_size("M"));
+  CHECK_FALSE(parse_byte_size("-1"));
+  CHECK_FALSE(parse_byte_size("1T"));
+  CHECK_FALSE(parse_byte_size("99999999999G"));  // does not fit in 64 bits
+  CHECK(contains(error_of({"--disk", "a=/p,format=qcow2,l2-cache-size=lots"}),
+                 "l2-cache-size takes a size in bytes"));
+  CHECK(contains(error_of({"--disk", "a=/p,l2-cache-size=1M"}), "l2-cache-size is a qcow2 setting"));
+}
+
 TEST_CASE("serve options: every error names the problem") {
   CHECK(contains(error_of({"--disk"}), "--disk needs a value"));
   CHECK(contains(error_of({"--disk", "noequals"}), "expected NAME=PATH"));
