@@ -2,6 +2,7 @@
 // page-cached file, and the bytes there are the device's.
 #include "block/page_cache.hpp"
 #include "block/raw_file.hpp"
+#include "block/unique_fd.hpp"
 #include "tests/unit/block/block_test_support.hpp"
 
 #include <doctest/doctest.h>
@@ -38,7 +39,8 @@ TEST_CASE("file_range: resident pages of a cached raw file, nothing else") {
   REQUIRE(!run(dev->write(0, data, {})));
   evict(file.path());
   // cachestat needs Linux 6.5; on older kernels nothing is offered at all.
-  if (!resident(::open("/proc/self/exe", O_RDONLY | O_CLOEXEC), 0, 1)) {
+  const fleece::block::UniqueFd self(::open("/proc/self/exe", O_RDONLY | O_CLOEXEC));
+  if (!resident(self.get(), 0, 1)) {
     CHECK(!dev->file_range(0, kSize));
     return;
   }
