@@ -36,9 +36,10 @@
 // snapshot's point in time. Only a guest write's write to D holds the gate
 // (close_gate() waits for those and holds new ones); its copies run before,
 // outside it, and are redone if a snapshot started meanwhile, the write then
-// falling after the point in time (see cow/write_gate.hpp). remove_snapshot() stops the export and releases every
-// cluster the snapshot read as a discard would; its store stays as a hidden
-// zombie while older snapshots still read through it.
+// falling after the point in time (see cow/write_gate.hpp).
+// remove_snapshot() stops the export and releases every cluster the
+// snapshot read as a discard would; its store stays as a hidden zombie while
+// older snapshots still read through it.
 //
 // Threading: any method may be called from any thread and executor; a
 // std::mutex guards the bitmaps and the chain and is never held across an
