@@ -1,11 +1,11 @@
 // The STARTTLS upgrade of a connection, for the connection code only.
 //
-// This header pulls in Asio's ssl headers and OpenSSL; include it from
+// This header pulls in Asio's ssl error codes; include it from
 // server/connection.cpp (and tests), nowhere else. The connection upgrades
 // in place with tls/upgradable_stream.hpp; a standalone stream works too:
 //
 //   auto creds = tls_context.current();          // keep it as long as the stream
-//   tls::Stream<tcp::socket> stream(std::move(socket), tls::asio_context(*creds));
+//   tls::Stream<tcp::socket> stream(std::move(socket), *creds);
 //   auto peer = co_await tls::accept(stream, "10.0.0.7:51234", 10s);
 //   if (!peer) { close; }                        // already logged, naming the peer
 //   negotiator.on_tls_established(); ... serve over `stream` ...
@@ -19,15 +19,18 @@
 #pragma once
 
 #include "tls/server_context.hpp"
+#include "tls/stream.hpp"
 #include "util/log.hpp"
 #include "util/result.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <openssl/types.h>
 
 #include <chrono>
 #include <string>
@@ -35,12 +38,6 @@
 #include <system_error>
 
 namespace fleece::tls {
-
-template <class Next>
-using Stream = boost::asio::ssl::stream<Next>;
-
-// The Asio context of a credentials generation, to construct a Stream with.
-boost::asio::ssl::context& asio_context(const Credentials& credentials);
 
 struct Authorization {
   bool allowed = false;
@@ -62,7 +59,7 @@ boost::asio::awaitable<Result<PeerIdentity>> accept(Stream<Next>& stream, std::s
   if (timeout <= timeout.zero()) timeout = std::chrono::hours(24);
   boost::asio::steady_timer timer(stream.get_executor(), timeout);
   auto token = boost::asio::as_tuple(boost::asio::use_awaitable);
-  auto outcome = co_await (stream.async_handshake(boost::asio::ssl::stream_base::server, token) ||
+  auto outcome = co_await (stream.async_handshake(token) ||
                            timer.async_wait(token));
   if (outcome.index() == 1) {
     FLEECE_LOG_WARN("tls", "{}: TLS handshake not finished after {} ms; closing", who,

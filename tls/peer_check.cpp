@@ -6,8 +6,6 @@
 
 namespace fleece::tls {
 
-boost::asio::ssl::context& asio_context(const Credentials& credentials) { return credentials.asio(); }
-
 Authorization authorize(const SSL* ssl) {
   Authorization verdict;
   PeerIdentity& peer = verdict.peer;

@@ -16,7 +16,7 @@
 // The stream must not be moved once TLS started (the TLS layer refers to the
 // socket member); it keeps the credentials generation it was upgraded with
 // alive as long as it lives. Include only from connection code: this header
-// brings in Asio's ssl and OpenSSL.
+// brings in Asio's ssl error codes.
 #pragma once
 
 #include "tls/asio_stream.hpp"
@@ -38,11 +38,7 @@ class UpgradableStream {
  public:
   using executor_type = typename Socket::executor_type;
   using lowest_layer_type = typename Socket::lowest_layer_type;
-  using TlsLayer = boost::asio::ssl::stream<Socket&>;
-  static constexpr size_t kCoalesceBelow = 16 * 1024;  // one TLS record's worth
-  // Asio's ssl stream takes at most one record (17 KiB) per write_some, so
-  // staging more than that only copies bytes that are staged again next time.
-  static constexpr size_t kStagingSize = 16 * 1024;
+  using TlsLayer = Stream<Socket&>;
 
   explicit UpgradableStream(Socket socket) : socket_(std::move(socket)) {}
   UpgradableStream(UpgradableStream&& other) noexcept : socket_(std::move(other.socket_)) {
@@ -55,7 +51,7 @@ class UpgradableStream {
   TlsLayer& start_tls(std::shared_ptr<const Credentials> credentials) {
     assert(!tls_);
     credentials_ = std::move(credentials);
-    tls_.emplace(socket_, asio_context(*credentials_));
+    tls_.emplace(socket_, *credentials_);
     return *tls_;
   }
   bool is_tls() const { return tls_.has_value(); }
@@ -75,29 +71,12 @@ class UpgradableStream {
         token, buffers);
   }
 
-  // Under TLS each write_some sends only the first buffer, so a gathered
-  // write of many small pieces (reply headers) would become one TLS record
-  // per piece. Small leading pieces are therefore copied into one staging
-  // buffer first; a large leading piece (READ data) goes out directly.
   template <class ConstBuffers, class Token>
   auto async_write_some(const ConstBuffers& buffers, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
         [this](auto handler, const ConstBuffers& b) {
-          if (!tls_) {
-            socket_.async_write_some(b, std::move(handler));
-            return;
-          }
-          auto it = boost::asio::buffer_sequence_begin(b);
-          auto end = boost::asio::buffer_sequence_end(b);
-          while (it != end && boost::asio::const_buffer(*it).size() == 0) ++it;
-          if (it == end || boost::asio::const_buffer(*it).size() >= kCoalesceBelow ||
-              std::next(it) == end) {
-            tls_->async_write_some(b, std::move(handler));
-            return;
-          }
-          if (staging_.empty()) staging_.resize(kStagingSize);
-          size_t n = boost::asio::buffer_copy(boost::asio::buffer(staging_), b);
-          tls_->async_write_some(boost::asio::buffer(staging_.data(), n), std::move(handler));
+          if (tls_) tls_->async_write_some(b, std::move(handler));
+          else socket_.async_write_some(b, std::move(handler));
         },
         token, buffers);
   }
@@ -106,7 +85,6 @@ class UpgradableStream {
   Socket socket_;
   std::shared_ptr<const Credentials> credentials_;  // outlives tls_ (declared before it)
   std::optional<TlsLayer> tls_;
-  std::vector<unsigned char> staging_;  // only one write is in flight at a time (Asio's rule)
 };
 
 }  // namespace fleece::tls

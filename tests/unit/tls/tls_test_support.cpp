@@ -116,7 +116,7 @@ LoopbackOutcome loopback(std::shared_ptr<const Credentials> credentials, const C
 
   asio::co_spawn(io, [&]() -> asio::awaitable<void> {
     tcp::socket socket = co_await acceptor.async_accept(asio::use_awaitable);
-    Stream<tcp::socket> stream(std::move(socket), asio_context(*credentials));
+    Stream<tcp::socket> stream(std::move(socket), *credentials);
     outcome.server = co_await accept(stream, "test-peer", timeout);
     if (!outcome.server) co_return;  // dropping the stream closes the connection
     char ping[4];
@@ -151,7 +151,7 @@ LoopbackOutcome loopback(std::shared_ptr<const Credentials> credentials, const C
   }
 
   asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-    Stream<tcp::socket> stream(io, ctx);
+    asio::ssl::stream<tcp::socket> stream(io, ctx);
     co_await stream.next_layer().async_connect(acceptor.local_endpoint(), asio::use_awaitable);
     if (client.stall) {
       asio::steady_timer wait(io, timeout + std::chrono::seconds(1));

@@ -8,6 +8,7 @@
 #include "tls/server_context.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 
 #include <filesystem>
 #include <optional>
