@@ -2,7 +2,8 @@
 # Dirty bitmaps, in one run: what an active bitmap costs 4k random writes,
 # and an incremental backup of 1% changed data against a full backup.
 #
-#   bench/bitmap.sh             1 GiB image, 10 s fio runs, 5 A/B rounds (~2.5 min)
+#   bench/bitmap.sh             4 GiB image, 10 s fio runs, 5 A/B rounds (~4 min)
+#   IMAGE_MIB=1024 bench/bitmap.sh   another image size
 #   QUICK=1 bench/bitmap.sh     256 MiB image, 3 s runs, 2 rounds (~30 s)
 #   FLEECE=path bench/bitmap.sh use this binary instead of building build-bench
 #   ROUNDS=N                    A/B rounds
@@ -30,7 +31,7 @@
 set -euo pipefail
 
 . "$(dirname "$0")/preamble.sh"
-bench_sizes 256 3 1024 10
+bench_sizes 256 3 4096 10
 if [[ -n $QUICK ]]; then ROUNDS=${ROUNDS:-2}; else ROUNDS=${ROUNDS:-5}; fi
 COPIES=3
 GRAN=65536
