@@ -44,8 +44,9 @@ class Stream {
 
   // TLS records carry at most 16 KiB of data.
   static constexpr size_t kRecordSize = 16 * 1024;
-  // Plaintext encrypted per write_some: bounds the output buffer.
-  static constexpr size_t kMaxWrite = 1024 * 1024;
+  // Plaintext encrypted per write_some: bounds the output buffers (two per
+  // connection) while keeping sends large.
+  static constexpr size_t kMaxWrite = 256 * 1024;
 
   template <class Arg>
   Stream(Arg&& next, const Credentials& credentials) : next_(std::forward<Arg>(next)), session_(credentials) {}
