@@ -350,10 +350,30 @@ std::string Qcow2Image::backing_format() const {
 
 Task<std::error_code> Qcow2Image::set_backing_file(std::string file, std::string format) {
   if (auto ec = writable_check()) co_return ec;
+  // When nothing else in the header awaits write-back, the header goes out
+  // alone with FUA: the link is durable without flushing the whole file,
+  // which for an image the guest writes means every dirty cluster and table
+  // (block-commit relinks the overlay while the guest runs).
+  bool alone = false;
+  Qcow2Bytes bytes(header_cluster_.size());
   {
-    std::lock_guard g(mu_);
-    if (auto ec = rewrite_qcow2_backing(header_, header_cluster_.span(), file, format)) co_return ec;
-    header_dirty_ = true;
+    auto guard = co_await flush_mutex_.lock(0, 0, false);  // no write-back in between
+    {
+      std::lock_guard g(mu_);
+      alone = !header_dirty_;
+      if (auto ec = rewrite_qcow2_backing(header_, header_cluster_.span(), file, format)) co_return ec;
+      if (alone) std::copy_n(header_cluster_.data(), header_cluster_.size(), bytes.data());
+      else header_dirty_ = true;
+    }
+    if (alone) {
+      const block::WriteFlags fua{.fua = true};
+      std::error_code ec = co_await file_->write(0, bytes.span(), fua);
+      if (ec) {
+        std::lock_guard g(mu_);
+        header_dirty_ = true;  // the next flush writes it again
+      }
+      co_return ec;
+    }
   }
   co_return co_await flush_metadata();
 }

@@ -134,7 +134,8 @@ class Qcow2Image final : public block::Device,
 
   std::string backing_file() const;
   std::string backing_format() const;
-  // Rewrites the backing file link in the header (and writes it back with
+  // Rewrites the backing file link in the header and makes it durable (the
+  // header alone, by FUA, when nothing else in it is pending; else a full
   // flush()). What unallocated clusters read is set_backing()'s business.
   block::Task<std::error_code> set_backing_file(std::string file, std::string format);
   uint32_t cluster_size() const { return uint32_t(header_.cluster_size()); }

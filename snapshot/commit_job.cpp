@@ -258,10 +258,8 @@ Task<std::error_code> CommitJob::relink() {
                                       ec.message()));
     co_return ec;
   }
-  if (auto ec = co_await writer->flush()) {
-    report_error("write", fmt::format("{}: flush: {}", overlay.path, ec.message()));
-    co_return ec;
-  }
+  // set_backing_file() made the link durable: no flush of the overlay, whose
+  // dirty data is the guest's business.
   if (auto ec = chain_->drop_between(overlay.path, base_, name, base.format)) {
     report_error("write", fmt::format("{}: the backing chain changed under the job", top_));
     co_return ec;

@@ -255,6 +255,7 @@ TEST_CASE("qcow2 cached mappings, short last cluster, backing link rewrite") {
   CHECK(img->backing_file() == "a-much-longer-name-than-before.qcow2");
   REQUIRE(!run(img->set_backing_file("", "")));
   REQUIRE(!run(img->set_backing_file("new.qcow2", "qcow2")));
+  REQUIRE(!run(img->flush()));  // the link is durable already; the clusters need this
   auto again = must_open(file);
   // Opened images fill the L2 cache as they are used.
   CHECK(!again->cached_mapping(2).has_value());
@@ -263,6 +264,29 @@ TEST_CASE("qcow2 cached mappings, short last cluster, backing link rewrite") {
   CHECK(read_all(*again, 2 * cs, cs) == pattern(cs, 2));
   CHECK(read_all(*again, 10 * cs, 100) == tail);
   CHECK(again->cached_mapping(2)->kind == Qcow2ClusterKind::data);
+}
+
+TEST_CASE("qcow2 backing link rewrite with writes pending: the header alone goes out, by FUA") {
+  // block-commit relinks the overlay the guest is writing: forcing out all
+  // of its dirty data and tables to make the link durable is not needed.
+  auto file = std::make_shared<GrowingFile>();
+  const uint32_t cs = 4096;
+  auto img = must_create(file, 64 * cs, cs, "old.raw", "raw");
+  REQUIRE(!run(img->write_cluster(5, pattern(cs, 5))));
+  REQUIRE(!run(img->flush()));
+  REQUIRE(!run(img->write_cluster(6, pattern(cs, 6))));  // its L2 entry awaits a flush
+  const uint64_t flushes = file->flushes, fua = file->fua_writes;
+  REQUIRE(!run(img->set_backing_file("new.raw", "raw")));
+  CHECK(file->flushes == flushes);
+  CHECK(file->fua_writes == fua + 1);
+  auto linked = must_open(file);  // what a crash now would leave
+  CHECK(linked->backing_file() == "new.raw");
+  CHECK(read_all(*linked, 5 * cs, cs) == pattern(cs, 5));
+
+  REQUIRE(!run(img->flush()));
+  auto flushed = must_open(file);
+  CHECK(flushed->backing_file() == "new.raw");
+  CHECK(read_all(*flushed, 6 * cs, cs) == pattern(cs, 6));
 }
 
 TEST_CASE("qcow2 on a file that demands O_DIRECT alignment") {

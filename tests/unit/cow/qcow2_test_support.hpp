@@ -52,7 +52,7 @@ class GrowingFile final : public block::Device {
     co_return std::error_code{};
   }
   block::Task<std::error_code> write(uint64_t offset, std::span<const std::byte> data,
-                                     block::WriteFlags) override {
+                                     block::WriteFlags flags) override {
     co_await maybe_yield();
     if (!aligned(offset, data.data(), data.size())) co_return std::make_error_code(std::errc::invalid_argument);
     std::lock_guard g(mu_);
@@ -60,6 +60,7 @@ class GrowingFile final : public block::Device {
     if (offset + data.size() > bytes_.size()) bytes_.resize(offset + data.size());
     std::memcpy(bytes_.data() + offset, data.data(), data.size());
     ++writes;
+    if (flags.fua) ++fua_writes;
     co_return std::error_code{};
   }
   block::Task<std::error_code> write_zeroes(uint64_t offset, uint64_t length,
@@ -93,6 +94,7 @@ class GrowingFile final : public block::Device {
   bool fail_writes = false;
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> flushes{0};
+  std::atomic<uint64_t> fua_writes{0};
 
  private:
   // What O_DIRECT demands when min_block > 1.
