@@ -41,6 +41,26 @@ qemu-img compare --object "$QOBJ" -f raw "$T/disk.raw" \
   "json:{\"driver\":\"nbd\",\"server.type\":\"unix\",\"server.path\":\"$SOCK\",\"export\":\"disk\",\"tls-creds\":\"tls0\",\"tls-hostname\":\"localhost\"}" \
   >/dev/null || fail "qemu-img compare over TLS found a difference"
 
+log "writes over TLS: nbdcopy into the export, qemu-io with a pattern; exact bytes back"
+make_image "$T/new.raw" 16 11
+nbdcopy "$T/new.raw" "$UNIX_URI"
+nbdcopy "$TCP_URI" "$T/back.raw"
+[[ $(sha "$T/back.raw") == $(sha "$T/new.raw") ]] || fail "nbdcopy writes over TLS: bytes read back differ"
+[[ $(sha "$T/disk.raw") == $(sha "$T/new.raw") ]] || fail "nbdcopy writes over TLS: the disk file differs"
+qemu-io --object "$QOBJ" --image-opts \
+  "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=$PORT,export=disk,tls-creds=tls0" \
+  -c "write -P 0x5a 1M 3M" -c "write -P 0xa5 7340544 1000" -c "read -P 0x5a 1M 3M" -c "read -P 0xa5 7340544 1000" \
+  >"$T/qio.out" 2>&1 || fail "qemu-io over TLS failed: $(cat "$T/qio.out")"
+grep -q "Pattern verification failed" "$T/qio.out" && fail "qemu-io over TLS read back other bytes"
+cp "$T/new.raw" "$T/expect.raw"
+$PY - "$T/expect.raw" <<'PYEOF'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(1 << 20); f.write(b"\x5a" * (3 << 20))
+    f.seek(7340544); f.write(b"\xa5" * 1000)
+PYEOF
+[[ $(sha "$T/disk.raw") == $(sha "$T/expect.raw") ]] || fail "qemu-io writes over TLS: the disk file differs"
+
 log "plaintext client against --tls require: refused with TLS_REQD"
 if LIBNBD_DEBUG=1 nbdinfo "nbd+unix:///disk?socket=$SOCK" >"$T/plain.out" 2>&1; then
   fail "a plaintext client was served under --tls require"
