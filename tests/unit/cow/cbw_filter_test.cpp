@@ -504,6 +504,7 @@ TEST_CASE("cbw: the gate gives a point in time across two disks") {
       std::memcpy(b.data(), &v, 8);
       return b;
     };
+    int writing = 3;  // the writers refer to this frame: it waits for them below
     for (int w = 0; w < 3; ++w) {
       asio::co_spawn(ex, [&, w]() -> Task<void> {
         for (uint64_t v = 1; !stop; ++v) {
@@ -511,6 +512,7 @@ TEST_CASE("cbw: the gate gives a point in time across two disks") {
           REQUIRE(!co_await fa->write(w * kCs, cspan(b), {}));
           REQUIRE(!co_await fb->write(w * kCs, cspan(b), {}));
         }
+        --writing;
       }, asio::detached);
     }
     for (int round = 0; round < 30; ++round) {
@@ -541,7 +543,8 @@ TEST_CASE("cbw: the gate gives a point in time across two disks") {
       REQUIRE(!co_await fb->remove_snapshot(*ib));
     }
     stop = true;
-    co_await sleep_for(microseconds(2000));
+    for (int i = 0; writing > 0 && i < 50000; ++i) co_await sleep_for(microseconds(100));
+    CHECK(writing == 0);
   });
   CHECK(checked == 90);
 }
