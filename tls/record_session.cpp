@@ -13,8 +13,8 @@
 namespace fleece::tls {
 namespace {
 
-// Large enough that one socket read takes many records (a 2 MiB WRITE
-// arrives in a few reads); a record is at most 16 KiB + 256 bytes.
+// Large enough that one socket read takes several records (a 2 MiB WRITE
+// arrives in 16 reads); a record is at most 16 KiB + 256 bytes.
 constexpr size_t kInputSize = 128 * 1024;
 constexpr size_t kMinInputSpace = 17 * 1024;
 

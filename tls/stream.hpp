@@ -18,7 +18,6 @@
 
 #include "tls/record_session.hpp"
 
-#include <boost/asio/append.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/error.hpp>

@@ -114,7 +114,17 @@ TEST_CASE("tls stream: a client's KeyUpdate is answered before the next data, an
     }
   }, asio::detached);
 
+  // The client counts the KeyUpdates it receives: the server's answers.
+  int key_updates = 0;
+  SSL_CTX_set_msg_callback(net.client_ctx.native_handle(),
+                           [](int write_p, int, int type, const void* buf, size_t len, SSL*, void* arg) {
+                             if (!write_p && type == SSL3_RT_HANDSHAKE && len > 0 &&
+                                 static_cast<const unsigned char*>(buf)[0] == SSL3_MT_KEY_UPDATE)
+                               ++*static_cast<int*>(arg);
+                           });
+  SSL_CTX_set_msg_callback_arg(net.client_ctx.native_handle(), &key_updates);
   std::string client_error;
+  std::vector<int> answered;  // KeyUpdates received once each echo had arrived
   asio::co_spawn(io, [&]() -> asio::awaitable<void> {
     auto tls = co_await net.connect_client();
     for (int round = 0; round < 3; ++round) {
@@ -128,6 +138,7 @@ TEST_CASE("tls stream: a client's KeyUpdate is answered before the next data, an
         co_return;
       }
       if (echo == bytes) ++client_rounds;
+      answered.push_back(key_updates);
     }
   }, asio::detached);
 
@@ -135,6 +146,8 @@ TEST_CASE("tls stream: a client's KeyUpdate is answered before the next data, an
   CHECK(client_error == "");
   CHECK(server_rounds == 3);
   CHECK(client_rounds == 3);
+  // Each answer came ahead of that round's echo.
+  CHECK(answered == std::vector<int>{1, 2, 3});
 }
 
 TEST_CASE("tls stream: garbage after the handshake fails the read with a TLS error, not a hang") {
