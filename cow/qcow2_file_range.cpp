@@ -37,6 +37,7 @@ void Qcow2Image::unpin(HostPins::iterator pin) {
 
 std::optional<block::FileRange> Qcow2Image::file_range(uint64_t offset, uint64_t length) const {
   if (length == 0 || offset > header_.size || length > header_.size - offset) return std::nullopt;
+  if (header_.extended_l2()) return std::nullopt;  // reads go through read()
   const uint64_t cb = header_.cluster_bits;
   const uint64_t cs = header_.cluster_size();
   const uint64_t first = offset >> cb, last = (offset + length - 1) >> cb;

@@ -12,6 +12,9 @@ namespace fleece::cow {
 using namespace qcow2;
 
 bool Qcow2Header::dirty() const { return (incompatible_features & kIncompatDirty) != 0; }
+bool Qcow2Header::extended_l2() const {
+  return (incompatible_features & kIncompatExtendedL2) != 0;
+}
 
 namespace {
 

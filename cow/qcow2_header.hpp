@@ -9,7 +9,8 @@
 // fleece::Errc::unsupported_feature for valid images using a feature fleece
 // does not implement (encryption, external data file, non-zlib compression
 // type, extended L2 entries, unknown incompatible bits, a corrupt-marked
-// image).
+// image). Extended L2 entries are written by fleece (its stores) but not
+// opened.
 //
 // encode_qcow2_header() writes a header made by fleece: version 3 header,
 // backing-format extension, end marker, backing file name, into a zeroed
@@ -72,7 +73,12 @@ struct Qcow2Header {
   std::string bitmaps_extension_error;
 
   uint64_t cluster_size() const { return uint64_t{1} << cluster_bits; }
-  uint64_t l2_entries() const { return cluster_size() / 8; }
+  // Extended L2 entries (incompatible bit 4): 128-bit L2 entries whose
+  // second half maps 32 subclusters of the cluster one by one.
+  bool extended_l2() const;
+  uint64_t l2_entry_bytes() const { return extended_l2() ? 16 : 8; }
+  uint64_t l2_entries() const { return cluster_size() / l2_entry_bytes(); }
+  uint64_t subcluster_size() const { return extended_l2() ? cluster_size() / 32 : cluster_size(); }
   // Guest clusters the virtual size spans, and the L1 entries that needs.
   uint64_t guest_clusters() const { return (size + cluster_size() - 1) >> cluster_bits; }
   uint64_t min_l1_size() const { return (guest_clusters() + l2_entries() - 1) / l2_entries(); }

@@ -52,7 +52,8 @@ Task<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(std::shared_ptr<blo
   const uint32_t cs = o.cluster_size;
   if (cs < 512 || cs > (2u << 20) || (cs & (cs - 1)) != 0 ||
       o.backing_file.size() > kMaxBackingFileName || o.backing_format.size() > 255 ||
-      (o.backing_file.empty() && !o.backing_format.empty()) || o.virtual_size > (uint64_t{1} << 61))
+      (o.backing_file.empty() && !o.backing_format.empty()) || o.virtual_size > (uint64_t{1} << 61) ||
+      (o.extended_l2 && cs < 16384))
     co_return make_error_code(std::errc::invalid_argument);
   if (file->capabilities().read_only) co_return make_error_code(std::errc::read_only_file_system);
 
@@ -61,6 +62,7 @@ Task<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(std::shared_ptr<blo
   h.cluster_bits = uint32_t(std::countr_zero(cs));
   h.size = o.virtual_size;
   h.refcount_order = 4;
+  if (o.extended_l2) h.incompatible_features |= kIncompatExtendedL2;
   h.header_length = kV3HeaderLength;
   h.backing_file = o.backing_file;
   h.backing_format = o.backing_format;
@@ -70,7 +72,7 @@ Task<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(std::shared_ptr<blo
   h.refcount_table_clusters = 1;
 
   std::shared_ptr<Qcow2Image> img(new Qcow2Image(std::move(file), h));
-  if (img->io_align_ > cs) co_return make_error_code(std::errc::invalid_argument);
+  if (img->io_align_ > h.subcluster_size()) co_return make_error_code(std::errc::invalid_argument);
   {
     std::lock_guard g(img->mu_);
     // No limit: cached_mapping() must answer for every cluster of a store.
@@ -379,7 +381,7 @@ Task<std::error_code> Qcow2Image::set_backing_file(std::string file, std::string
 }
 
 std::optional<Qcow2ClusterMapping> Qcow2Image::cached_mapping(uint64_t g) const {
-  if (g >= header_.guest_clusters()) return std::nullopt;
+  if (g >= header_.guest_clusters() || header_.extended_l2()) return std::nullopt;
   std::lock_guard lk(mu_);
   auto cached = cached_entry_locked(g);
   if (!cached || !*cached) return std::nullopt;
@@ -395,19 +397,31 @@ std::optional<Qcow2ClusterMapping> Qcow2Image::cached_mapping(uint64_t g) const 
 
 std::optional<Result<Qcow2Image::Entry>> Qcow2Image::cached_entry_locked(uint64_t g) const {
   const uint64_t l2e = header_.l2_entries();
-  if (auto t = l2_.find(g / l2e)) return decode_locked(t->entry(g % l2e));
+  if (auto t = l2_.find(g / l2e)) return decode_locked(*t, g % l2e);
   if ((l1_->entry(g / l2e) & kEntryOffsetMask) == 0) return Result<Entry>(Entry{});
   return std::nullopt;
 }
 
-Result<Qcow2Image::Entry> Qcow2Image::decode_locked(uint64_t raw) const {
+Result<Qcow2Image::Entry> Qcow2Image::decode_locked(const Qcow2MetaTable& l2, uint64_t i) const {
+  const bool extended = header_.extended_l2();
+  const uint64_t raw = l2.entry(extended ? 2 * i : i);
   Entry e;
   if (raw & kL2Compressed) {
     e.kind = EntryKind::compressed;
     return e;
   }
   e.host = raw & kEntryOffsetMask;
-  if (header_.version >= 3 && (raw & kL2Zero))
+  if (extended) {
+    // Bit 0 is unused here; a subcluster is allocated or zero, not both,
+    // and allocated ones need a host cluster.
+    e.bitmap = l2.entry(2 * i + 1);
+    const uint32_t alloc = uint32_t(e.bitmap), zero = uint32_t(e.bitmap >> 32);
+    if ((raw & kL2Zero) || (alloc & zero) || (alloc != 0 && e.host == 0)) {
+      FLEECE_LOG_ERROR("qcow2", "qcow2 extended L2 entry 0x{:x} 0x{:x} is invalid", raw, e.bitmap);
+      return make_error_code(Errc::corrupt_image);
+    }
+    e.kind = e.host != 0 ? EntryKind::data : EntryKind::unallocated;
+  } else if (header_.version >= 3 && (raw & kL2Zero))
     e.kind = EntryKind::zero;
   else if (e.host == 0)
     e.kind = EntryKind::unallocated;
@@ -421,6 +435,20 @@ Result<Qcow2Image::Entry> Qcow2Image::decode_locked(uint64_t raw) const {
     }
   }
   return e;
+}
+
+void Qcow2Image::set_l2_locked(Qcow2MetaTable& l2, uint64_t i, uint64_t word, uint64_t bitmap) {
+  if (header_.extended_l2()) {
+    l2.set_entry(2 * i, word);
+    l2.set_entry(2 * i + 1, bitmap);
+  } else {
+    l2.set_entry(i, word);
+  }
+}
+
+std::error_code Qcow2Image::standard_only() const {
+  if (!header_.extended_l2()) return {};
+  return make_error_code(Errc::unsupported_feature);
 }
 
 Task<Result<Qcow2L2Cache::Table>> Qcow2Image::l2_table(uint64_t l1_index) {
@@ -468,7 +496,7 @@ Task<Result<Qcow2Image::Entry>> Qcow2Image::lookup(uint64_t g, Qcow2L2Cache::Tab
   if (keep) *keep = *t;
   if (*t == nullptr) co_return Entry{};
   std::lock_guard lk(mu_);
-  co_return decode_locked((*t)->entry(g % l2e));
+  co_return decode_locked(**t, g % l2e);
 }
 
 Task<Result<Qcow2L2Cache::Table>> Qcow2Image::l2_for_update(uint64_t l1_index) {
@@ -533,6 +561,7 @@ std::error_code Qcow2Image::writable_check() const {
 
 Task<Result<Qcow2ClusterMapping>> Qcow2Image::map_cluster(uint64_t g) {
   if (g >= header_.guest_clusters()) co_return make_error_code(std::errc::invalid_argument);
+  if (auto ec = standard_only()) co_return ec;
   auto e = co_await lookup(g);
   if (!e) co_return e.error();
   switch (e->kind) {
@@ -546,6 +575,7 @@ Task<Result<Qcow2ClusterMapping>> Qcow2Image::map_cluster(uint64_t g) {
 
 uint64_t Qcow2Image::data_bytes_in_use() const {
   std::lock_guard g(mu_);
+  if (header_.extended_l2()) return data_subclusters_ * header_.subcluster_size();
   return data_clusters_ * header_.cluster_size();
 }
 
@@ -589,7 +619,7 @@ Task<std::error_code> Qcow2Image::write_cluster_locked(uint64_t g, std::span<con
     if (auto ec = co_await file_->write(e->host, data, {})) co_return ec;
     if (e->kind == EntryKind::zero) {
       std::lock_guard lk(mu_);
-      t->set_entry(g % l2e, e->host | kEntryCopied);
+      set_l2_locked(*t, g % l2e, e->host | kEntryCopied);
     }
     co_return std::error_code{};
   }
@@ -612,7 +642,7 @@ Task<std::error_code> Qcow2Image::write_cluster_locked(uint64_t g, std::span<con
     co_return ec;
   }
   std::lock_guard lk(mu_);
-  t->set_entry(g % l2e, host | kEntryCopied);
+  set_l2_locked(*t, g % l2e, host | kEntryCopied);
   ++data_clusters_;
   co_return std::error_code{};
 }
@@ -643,7 +673,7 @@ Task<std::error_code> Qcow2Image::zero_cluster_locked(uint64_t g) {
     t = std::move(*made);
   }
   std::lock_guard lk(mu_);
-  t->set_entry(g % l2e, header_.version >= 3 ? kL2Zero : 0);
+  set_l2_locked(*t, g % l2e, header_.version >= 3 ? kL2Zero : 0);
   if (e->host != 0) {
     // Freed only once the new L2 entry is on disk (flush_metadata).
     free_after_flush_.push_back(e->host);
@@ -655,6 +685,7 @@ Task<std::error_code> Qcow2Image::zero_cluster_locked(uint64_t g) {
 Task<std::error_code> Qcow2Image::write_cluster(uint64_t g, std::span<const std::byte> data,
                                                 block::WriteFlags flags) {
   if (auto ec = writable_check()) co_return ec;
+  if (auto ec = standard_only()) co_return ec;
   const uint64_t cs = header_.cluster_size();
   if (g >= header_.guest_clusters()) co_return make_error_code(std::errc::invalid_argument);
   const uint64_t tail = std::min(cs, header_.size - g * cs);
@@ -678,6 +709,7 @@ Task<std::error_code> Qcow2Image::write_cluster(uint64_t g, std::span<const std:
 
 Task<std::error_code> Qcow2Image::zero_cluster(uint64_t g) {
   if (auto ec = writable_check()) co_return ec;
+  if (auto ec = standard_only()) co_return ec;
   if (g >= header_.guest_clusters()) co_return make_error_code(std::errc::invalid_argument);
   {
     auto guard = co_await clusters_.lock(g, g, false);
@@ -689,6 +721,159 @@ Task<std::error_code> Qcow2Image::zero_cluster(uint64_t g) {
 
 Task<std::error_code> Qcow2Image::discard_cluster(uint64_t g) {
   if (auto ec = co_await zero_cluster(g)) co_return ec;
+  co_return co_await flush_metadata();
+}
+
+// ---------------------------------------------------------------- subclusters
+
+std::error_code Qcow2Image::subcluster_range(uint64_t offset, uint64_t length, uint64_t* g,
+                                             uint32_t* mask) const {
+  const uint64_t cs = header_.cluster_size(), scs = header_.subcluster_size();
+  const auto bad = make_error_code(std::errc::invalid_argument);
+  if (length == 0 || offset % scs != 0 || offset > header_.size || length > header_.size - offset)
+    return bad;
+  const uint64_t end = offset + length;
+  if (end % scs != 0 && end != header_.size) return bad;
+  *g = offset / cs;
+  if ((end - 1) / cs != *g) return bad;
+  const uint64_t a = offset % cs / scs, b = div_up(end - *g * cs, scs);  // [a, b)
+  *mask = uint32_t(((uint64_t{1} << b) - 1) & ~((uint64_t{1} << a) - 1));
+  return {};
+}
+
+std::optional<Qcow2ClusterKind> Qcow2Image::cached_subcluster_kind(uint64_t offset) const {
+  if (offset >= header_.size) return std::nullopt;
+  const uint64_t g = offset >> header_.cluster_bits;
+  if (!header_.extended_l2()) {
+    auto m = cached_mapping(g);
+    if (!m) return std::nullopt;
+    return m->kind;
+  }
+  std::lock_guard lk(mu_);
+  auto cached = cached_entry_locked(g);
+  if (!cached || !*cached || (*cached)->kind == EntryKind::compressed) return std::nullopt;
+  switch ((*cached)->subcluster(unsigned(offset % header_.cluster_size() / header_.subcluster_size()))) {
+    case EntryKind::data: return Qcow2ClusterKind::data;
+    case EntryKind::zero: return Qcow2ClusterKind::zero;
+    default: return Qcow2ClusterKind::unallocated;
+  }
+}
+
+Task<std::error_code> Qcow2Image::write_subclusters_locked(uint64_t g, uint32_t mask,
+                                                           std::span<const std::byte> data) {
+  const uint64_t l2e = header_.l2_entries(), scs = header_.subcluster_size();
+  Qcow2L2Cache::Table t;  // pinned while in use
+  auto e = co_await lookup(g, &t);
+  if (!e) co_return e.error();
+  if (e->kind == EntryKind::compressed) co_return make_error_code(Errc::unsupported_feature);
+  uint64_t host = e->host;
+  const bool fresh = host == 0;
+  if (!fresh) {
+    std::lock_guard lk(mu_);
+    if (refcounts_->get(host) != 1) co_return make_error_code(Errc::unsupported_feature);
+  } else {
+    if (!t) {
+      auto made = co_await l2_for_update(g / l2e);
+      if (!made) co_return made.error();
+      t = std::move(*made);
+    }
+    std::lock_guard lk(mu_);
+    auto h = refcounts_->alloc();
+    if (!h) co_return h.error();
+    host = *h;
+  }
+  // Data first: the bits that make it visible come after. Subclusters of a
+  // fresh host cluster that are never written stay holes in the file.
+  if (auto ec = co_await file_->write(host + uint64_t(std::countr_zero(mask)) * scs, data, {})) {
+    if (fresh) {
+      std::lock_guard lk(mu_);
+      (void)refcounts_->release(host);  // never referenced: free at once
+    }
+    co_return ec;
+  }
+  std::lock_guard lk(mu_);
+  const uint64_t bitmap = (e->bitmap | mask) & ~(uint64_t{mask} << 32);
+  set_l2_locked(*t, g % l2e, host | kEntryCopied, bitmap);
+  data_subclusters_ += uint64_t(std::popcount(mask & ~uint32_t(e->bitmap)));
+  if (fresh) ++data_clusters_;
+  co_return std::error_code{};
+}
+
+Task<std::error_code> Qcow2Image::zero_subclusters_locked(uint64_t g, uint32_t mask) {
+  const uint64_t l2e = header_.l2_entries();
+  Qcow2L2Cache::Table t;  // pinned while in use
+  auto e = co_await lookup(g, &t);
+  if (!e) co_return e.error();
+  if (e->kind == EntryKind::compressed) co_return make_error_code(Errc::unsupported_feature);
+  const uint32_t alloc = uint32_t(e->bitmap) & ~mask;
+  const uint64_t bitmap = alloc | ((e->bitmap >> 32 | mask) << 32);
+  if (bitmap == e->bitmap) co_return std::error_code{};  // reads as zeroes already
+  if (!t) {
+    auto made = co_await l2_for_update(g / l2e);
+    if (!made) co_return made.error();
+    t = std::move(*made);
+  }
+  std::lock_guard lk(mu_);
+  uint64_t host = e->host;
+  data_subclusters_ -= uint64_t(std::popcount(uint32_t(e->bitmap) & mask));
+  if (alloc == 0 && host != 0) {
+    // Nothing left in the host cluster: freed once the new entry is on disk.
+    free_after_flush_.push_back(host);
+    --data_clusters_;
+    host = 0;
+  }
+  set_l2_locked(*t, g % l2e, host != 0 ? host | kEntryCopied : 0, bitmap);
+  co_return std::error_code{};
+}
+
+Task<std::error_code> Qcow2Image::write_subclusters(uint64_t offset,
+                                                    std::span<const std::byte> data) {
+  if (!header_.extended_l2()) {
+    if (offset % header_.cluster_size() != 0) co_return make_error_code(std::errc::invalid_argument);
+    co_return co_await write_cluster(offset >> header_.cluster_bits, data);
+  }
+  if (auto ec = writable_check()) co_return ec;
+  uint64_t g;
+  uint32_t mask;
+  if (auto ec = subcluster_range(offset, data.size(), &g, &mask)) co_return ec;
+  {
+    auto guard = co_await clusters_.lock(g, g, false);
+    std::error_code ec;
+    const uint64_t scs = header_.subcluster_size();
+    if (data.size() % scs == 0) {
+      ec = co_await write_subclusters_locked(g, mask, data);
+    } else {  // the short last subcluster: stored whole, padded with zeroes
+      Qcow2Bytes padded(align_up(data.size(), scs));
+      std::memcpy(padded.data(), data.data(), data.size());
+      ec = co_await write_subclusters_locked(g, mask, padded.span());
+    }
+    if (ec) co_return ec;
+  }
+  if (l2_over_limit()) co_await settle_l2();
+  co_return std::error_code{};
+}
+
+Task<std::error_code> Qcow2Image::zero_subclusters(uint64_t offset, uint64_t length) {
+  if (!header_.extended_l2()) {
+    if (offset % header_.cluster_size() != 0 ||
+        length != std::min(header_.cluster_size(), header_.size - std::min(offset, header_.size)))
+      co_return make_error_code(std::errc::invalid_argument);
+    co_return co_await zero_cluster(offset >> header_.cluster_bits);
+  }
+  if (auto ec = writable_check()) co_return ec;
+  uint64_t g;
+  uint32_t mask;
+  if (auto ec = subcluster_range(offset, length, &g, &mask)) co_return ec;
+  {
+    auto guard = co_await clusters_.lock(g, g, false);
+    if (auto ec = co_await zero_subclusters_locked(g, mask)) co_return ec;
+  }
+  if (l2_over_limit()) co_await settle_l2();
+  co_return std::error_code{};
+}
+
+Task<std::error_code> Qcow2Image::discard_subclusters(uint64_t offset, uint64_t length) {
+  if (auto ec = co_await zero_subclusters(offset, length)) co_return ec;
   co_return co_await flush_metadata();
 }
 
@@ -741,39 +926,50 @@ Task<std::error_code> Qcow2Image::read(uint64_t offset, std::span<std::byte> out
     run_len = 0;
     co_return ec;
   };
+  const bool extended = header_.extended_l2();
+  const uint64_t scs = header_.subcluster_size();
   for (uint64_t g = first; g <= last; ++g) {
     const uint64_t seg_start = std::max(offset, g << cb);
     const uint64_t seg_end = std::min(offset + out.size(), (g + 1) << cb);
-    const uint64_t pos = seg_start - offset, len = seg_end - seg_start;
     auto e = co_await lookup(g);
     if (!e) co_return e.error();
-    switch (e->kind) {
-      case EntryKind::compressed:
-        FLEECE_LOG_ERROR("qcow2", "reading compressed qcow2 clusters is not supported");
-        co_return make_error_code(Errc::unsupported_feature);
-      case EntryKind::zero:
-        if (auto ec = co_await issue()) co_return ec;
-        std::memset(out.data() + pos, 0, len);
-        break;
-      case EntryKind::data: {
-        const uint64_t host = e->host + (seg_start & (cs - 1));
-        if (run != Src::host || run_host + run_len != host) {
-          if (auto ec = co_await issue()) co_return ec;
-          run = Src::host;
-          run_pos = pos;
-          run_host = host;
-        }
-        run_len += len;
-        break;
+    // One piece per cluster; per subcluster with extended L2.
+    for (uint64_t p = seg_start, q; p < seg_end; p = q) {
+      EntryKind kind = e->kind;
+      q = seg_end;
+      if (extended && kind != EntryKind::compressed) {
+        kind = e->subcluster(unsigned((p & (cs - 1)) / scs));
+        q = std::min(seg_end, align_down(p, scs) + scs);
       }
-      case EntryKind::unallocated:
-        if (run != Src::backing) {
+      const uint64_t pos = p - offset, len = q - p;
+      switch (kind) {
+        case EntryKind::compressed:
+          FLEECE_LOG_ERROR("qcow2", "reading compressed qcow2 clusters is not supported");
+          co_return make_error_code(Errc::unsupported_feature);
+        case EntryKind::zero:
           if (auto ec = co_await issue()) co_return ec;
-          run = Src::backing;
-          run_pos = pos;
+          std::memset(out.data() + pos, 0, len);
+          break;
+        case EntryKind::data: {
+          const uint64_t host = e->host + (p & (cs - 1));
+          if (run != Src::host || run_host + run_len != host) {
+            if (auto ec = co_await issue()) co_return ec;
+            run = Src::host;
+            run_pos = pos;
+            run_host = host;
+          }
+          run_len += len;
+          break;
         }
-        run_len += len;
-        break;
+        case EntryKind::unallocated:
+          if (run != Src::backing) {
+            if (auto ec = co_await issue()) co_return ec;
+            run = Src::backing;
+            run_pos = pos;
+          }
+          run_len += len;
+          break;
+      }
     }
   }
   auto ec = co_await issue();
@@ -819,6 +1015,7 @@ Task<std::error_code> Qcow2Image::write_partial_locked(uint64_t g, uint64_t in_c
 Task<std::error_code> Qcow2Image::write(uint64_t offset, std::span<const std::byte> data,
                                         block::WriteFlags flags) {
   if (auto ec = writable_check()) co_return ec;
+  if (auto ec = standard_only()) co_return ec;
   if (offset > header_.size || data.size() > header_.size - offset)
     co_return make_error_code(std::errc::invalid_argument);
   if (data.empty()) co_return std::error_code{};
@@ -847,6 +1044,7 @@ Task<std::error_code> Qcow2Image::write(uint64_t offset, std::span<const std::by
 Task<std::error_code> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length,
                                                block::ZeroFlags flags) {
   if (auto ec = writable_check()) co_return ec;
+  if (auto ec = standard_only()) co_return ec;
   if (offset > header_.size || length > header_.size - offset)
     co_return make_error_code(std::errc::invalid_argument);
   if (length == 0) co_return std::error_code{};
@@ -886,6 +1084,7 @@ Task<std::error_code> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length,
 
 Task<std::error_code> Qcow2Image::trim(uint64_t offset, uint64_t length, block::WriteFlags flags) {
   if (auto ec = writable_check()) co_return ec;
+  if (auto ec = standard_only()) co_return ec;
   if (offset > header_.size || length > header_.size - offset)
     co_return make_error_code(std::errc::invalid_argument);
   const uint64_t cs = header_.cluster_size();
@@ -962,7 +1161,12 @@ Task<std::error_code> Qcow2Image::block_status(uint64_t offset, uint64_t length,
     } else {
       span_end = std::min(end, (g + 1) << cb);
       std::lock_guard lk(mu_);
-      e = decode_locked((*t)->entry(g % l2e));
+      e = decode_locked(**t, g % l2e);
+      if (e && header_.extended_l2() && e->kind != EntryKind::compressed) {
+        const uint64_t scs = header_.subcluster_size();
+        span_end = std::min(end, align_down(pos, scs) + scs);
+        e->kind = e->subcluster(unsigned(pos % header_.cluster_size() / scs));
+      }
     }
     if (!e) co_return e.error();
     ++examined;

@@ -63,10 +63,16 @@
 // reused) only after the L2 change that dropped it is on disk. A crash can
 // leak clusters, never corrupt.
 //
+// Extended L2 entries (create() only, for stores): read(), block_status(),
+// flush() and the subcluster API below work per subcluster; the cluster API,
+// write(), write_zeroes(), trim() and file_range() are for standard images
+// (they fail with fleece::Errc::unsupported_feature, or give no range).
+//
 // Not supported (refused with fleece::Errc::unsupported_feature and a
-// message): encryption, external data files, extended L2, zstd; writes to
-// images with internal snapshots, dirty (lazy-refcount) images, or
-// compressed clusters; reads of compressed clusters.
+// message): encryption, external data files, opening images with extended
+// L2 entries, zstd; writes to images with internal snapshots, dirty
+// (lazy-refcount) images, or compressed clusters; reads of compressed
+// clusters.
 #pragma once
 
 #include "block/device.hpp"
@@ -91,6 +97,10 @@ struct Qcow2CreateOptions {
   uint32_t cluster_size = 64 * 1024;  // power of two, 512 B .. 2 MiB
   std::string backing_file;           // empty: no backing file
   std::string backing_format;         // "raw", "qcow2"; empty: not recorded
+  // Extended L2 entries: each cluster is 32 subclusters allocated one by
+  // one, so a store keeps 4 KiB copies in 64 KiB clusters. Needs a cluster
+  // size of at least 16 KiB (QEMU's minimum for them).
+  bool extended_l2 = false;
 };
 
 struct Qcow2OpenOptions {
@@ -158,7 +168,29 @@ class Qcow2Image final : public block::Device,
                                              block::WriteFlags flags = {});
   block::Task<std::error_code> zero_cluster(uint64_t guest_cluster);
   block::Task<std::error_code> discard_cluster(uint64_t guest_cluster);
+  // Bytes of data clusters referenced by L2 entries; with extended L2, of
+  // allocated subclusters.
   uint64_t data_bytes_in_use() const;
+
+  // --- subcluster API ----------------------------------------------------
+  // A range here is whole subclusters of one cluster (the last may end at
+  // the virtual size); without extended L2 a subcluster is the cluster, and
+  // these are the cluster API's write/zero/discard. Same locking as those.
+  bool extended_l2() const { return header_.extended_l2(); }
+  uint32_t subcluster_size() const { return uint32_t(header_.subcluster_size()); }
+  // The kind of the subcluster holding guest byte `offset`, from the L2
+  // cache without I/O (std::nullopt as cached_mapping()).
+  std::optional<Qcow2ClusterKind> cached_subcluster_kind(uint64_t offset) const;
+  // Stores data at [offset, offset + data.size()): a fresh host cluster is
+  // attached to the L2 entry if it has none, written, then the subclusters
+  // are marked allocated (data before metadata, as write_cluster()).
+  block::Task<std::error_code> write_subclusters(uint64_t offset,
+                                                 std::span<const std::byte> data);
+  // Makes the range read as zeroes (never unallocated); the host cluster is
+  // freed at the next flush() once none of its subclusters is allocated.
+  block::Task<std::error_code> zero_subclusters(uint64_t offset, uint64_t length);
+  // The same, then flushes, so a host cluster left empty is free on return.
+  block::Task<std::error_code> discard_subclusters(uint64_t offset, uint64_t length);
   // L2 tables in memory now, and the limit they are kept to.
   uint64_t l2_cache_bytes() const;
   uint64_t l2_cache_limit() const;
@@ -225,7 +257,14 @@ class Qcow2Image final : public block::Device,
   // guest_cluster's entry; *keep (if given) receives its table (null when
   // the L1 entry is empty), pinned for a later change of the entry.
   block::Task<Result<Entry>> lookup(uint64_t guest_cluster, Qcow2L2Cache::Table* keep = nullptr);
-  Result<Entry> decode_locked(uint64_t raw) const;
+  // Under mu_: entry i of an L2 table, decoded and checked; and its update
+  // (bitmap: the second word with extended L2, ignored without).
+  Result<Entry> decode_locked(const Qcow2MetaTable& l2, uint64_t i) const;
+  void set_l2_locked(Qcow2MetaTable& l2, uint64_t i, uint64_t word, uint64_t bitmap = 0);
+  std::error_code standard_only() const;  // unsupported_feature with extended L2
+  // Checks a subcluster range; gives its cluster and subcluster mask.
+  std::error_code subcluster_range(uint64_t offset, uint64_t length, uint64_t* g,
+                                   uint32_t* mask) const;
   // Under mu_: g's entry from the L2 cache, without I/O; std::nullopt when
   // its table is not cached.
   std::optional<Result<Entry>> cached_entry_locked(uint64_t guest_cluster) const;
@@ -246,6 +285,9 @@ class Qcow2Image final : public block::Device,
 
   block::Task<std::error_code> write_cluster_locked(uint64_t g, std::span<const std::byte> data);
   block::Task<std::error_code> zero_cluster_locked(uint64_t g);
+  block::Task<std::error_code> write_subclusters_locked(uint64_t g, uint32_t mask,
+                                                        std::span<const std::byte> data);
+  block::Task<std::error_code> zero_subclusters_locked(uint64_t g, uint32_t mask);
   block::Task<std::error_code> write_partial_locked(uint64_t g, uint64_t in_cluster,
                                                     std::span<const std::byte> data);
   block::Task<std::error_code> read_backing(std::shared_ptr<block::Device> backing,
@@ -273,6 +315,7 @@ class Qcow2Image final : public block::Device,
   mutable HostPins pins_;                   // host bytes being sent by file ranges
   std::vector<uint64_t> pinned_frees_;      // free on disk, released when unpinned
   uint64_t data_clusters_ = 0;
+  uint64_t data_subclusters_ = 0;  // extended L2: allocated subclusters
   uint64_t file_size_ = 0;  // the file's size at open, for bounds checks
 
   mutable Qcow2RangeLock clusters_;  // guest clusters (file_range() too)

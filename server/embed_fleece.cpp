@@ -93,6 +93,7 @@ FleeceInfo to_public(const server::FleeceInfo& f) {
     d.export_name = m.export_name;
     d.store = m.store;
     d.cluster_size = m.cluster_size;
+    d.granularity = m.granularity;
     d.preserved_bytes = m.stats.preserved_bytes;
     d.preserved_clusters = m.stats.copies;
     d.zero_clusters = m.stats.zero_marks;
@@ -196,6 +197,7 @@ FleeceInfo Engine::start_fleece(const FleeceOptions& options, Error* error_out) 
                     {"cbw-timeout", options.cbw_timeout.count()},
                     {"max-store-bytes", options.max_store_bytes}};
   if (options.cluster_size) args["cluster-size"] = options.cluster_size;
+  if (options.granularity) args["granularity"] = options.granularity;
   if (!options.bitmaps.empty()) {
     json::array bitmaps;
     for (const auto& b : options.bitmaps) bitmaps.push_back(node_name(b.disk, b.name));

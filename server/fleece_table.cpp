@@ -32,6 +32,13 @@ using block::Task;
 namespace {
 
 constexpr uint32_t kDefaultClusterSize = 64 * 1024;
+
+// 4 KiB copies where the cluster size allows subclusters that small: a
+// guest's first 4 KiB write then copies 4 KiB, not a whole cluster.
+uint32_t default_granularity(uint32_t cluster_size) {
+  if (cluster_size < 16384) return cluster_size;
+  return std::max<uint32_t>(4096, cluster_size / 32);
+}
 constexpr std::string_view kStoreMarker = ".fleece-";
 constexpr std::string_view kStoreSuffix = ".qcow2";
 
@@ -43,6 +50,7 @@ struct FleeceTable::State {
     std::string export_name;
     std::string store_path;
     uint32_t cluster_size = 0;
+    uint32_t granularity = 0;
     std::shared_ptr<cow::CbwFilter> filter;
     cow::SnapshotId snapshot = 0;
     std::shared_ptr<cow::ClusterStore> store;  // keeps the file until the filter lets go too
@@ -158,7 +166,7 @@ std::string errno_text(int err) { return std::make_error_code(static_cast<std::e
 // once created, goes with the returned owner or on the error path).
 Task<std::shared_ptr<cow::ClusterStore>> create_store(std::shared_ptr<FleeceTable::State> state,
                                                       std::string path, uint64_t size,
-                                                      uint32_t cluster_size,
+                                                      uint32_t cluster_size, uint32_t granularity,
                                                       cow::ChainLayer active, std::string* why) {
   {
     // Listed before the file exists: a sweep running meanwhile (a disk
@@ -196,7 +204,8 @@ Task<std::shared_ptr<cow::ClusterStore>> create_store(std::shared_ptr<FleeceTabl
   std::string backing = fs::absolute(active.path, ec).lexically_normal().string();
   if (ec) backing = active.path;
   std::string format = active.format;
-  auto store = co_await cow::Qcow2ClusterStore::create(*file, path, size, cluster_size, backing, format);
+  auto store = co_await cow::Qcow2ClusterStore::create(*file, path, size, cluster_size, granularity,
+                                                       backing, format);
   if (!store) {
     *why = fmt::format("cannot format the store '{}': {}", path, store.error().message());
     co_return nullptr;
@@ -309,28 +318,42 @@ Task<FleeceStarted> FleeceTable::start(const FleeceStartRequest& request) {
                                  "got {}", request.cluster_size));
   }
 
+  const uint32_t cs = request.cluster_size ? request.cluster_size : kDefaultClusterSize;
+  if (request.granularity != 0 &&
+      (request.granularity < 4096 || !cow::Qcow2ClusterStore::valid_granularity(cs, request.granularity))) {
+    co_return failed(fmt::format(
+        "Parameter 'granularity' must be a power of two of at least 4096 and from cluster-size / 32 "
+        "(cluster-size at least 16384) to cluster-size ({}), got {}", cs, request.granularity));
+  }
+
   // Everything that can be checked without I/O, before anything is created.
   std::vector<Disk> disks;
-  std::vector<uint32_t> cluster_sizes;
+  std::vector<uint32_t> granularities;
   for (const auto& name : request.devices) {
     auto disk = disks_.find(name);
     if (!disk) co_return failed(fmt::format("Device '{}' not found", name), FleeceError::Kind::device_not_found);
     for (const auto& d : disks) {
       if (d.name == name) co_return failed(fmt::format("Device '{}' is listed twice in 'devices'", name));
     }
-    const uint32_t current = disk->filter->cluster_size();
-    uint32_t cs = request.cluster_size ? request.cluster_size : (current ? current : kDefaultClusterSize);
-    if (current && cs != current) {
+    const uint32_t current = disk->filter->cluster_size();  // the copy unit
+    uint32_t granularity = request.granularity;
+    if (granularity == 0) {
+      granularity = current && cow::Qcow2ClusterStore::valid_granularity(cs, current)
+                        ? current
+                        : default_granularity(cs);
+    }
+    if (current && granularity != current) {
       co_return failed(fmt::format(
-          "Device '{}' already has fleeces with cluster-size {}; the fleeces of one disk share "
-          "one cluster size (leave 'cluster-size' out or give {})", name, current, current));
+          "Device '{}' already has fleeces with granularity {}; the fleeces of one disk share "
+          "one copy unit (give 'granularity' {} with a 'cluster-size' that allows it)", name,
+          current, current));
     }
     const std::string export_name = fmt::format("{}@{}", name, id);
     if (auto e = registry_.get(export_name); e && e->name() == export_name) {
       co_return failed(fmt::format("NBD server already has export named '{}'", export_name));
     }
     disks.push_back(std::move(*disk));
-    cluster_sizes.push_back(cs);
+    granularities.push_back(granularity);
   }
   {
     std::lock_guard lk(state_->mutex);
@@ -355,10 +378,11 @@ Task<FleeceStarted> FleeceTable::start(const FleeceStartRequest& request) {
     }
     std::string path = (fs::path(store_dir_for(disk)) / store_file_name(disk.name, id)).string();
     std::string why;
-    auto store = co_await create_store(state_, path, disk.filter->size(), cluster_sizes[i], active, &why);
+    auto store = co_await create_store(state_, path, disk.filter->size(), cs, granularities[i],
+                                       active, &why);
     if (!store) co_return failed(fmt::format("fleece {}: device '{}': {}", id, disk.name, why));
     entry->members.push_back(State::Member{disk.name, fmt::format("{}@{}", disk.name, id), path,
-                                           cluster_sizes[i], disk.filter, 0, store});
+                                           cs, granularities[i], disk.filter, 0, store});
     members.push_back(snapshot::FleeceGroup::Member{disk.name, disk.filter, store});
   }
 
@@ -450,7 +474,8 @@ std::vector<FleeceInfo> FleeceTable::list() const {
   for (const auto& e : entries) {
     FleeceInfo info{e->id, {}, e->group->gate_closed_for(), e->policy};
     for (const auto& m : e->members) {
-      FleeceMemberInfo mi{m.device, m.export_name, m.store_path, m.cluster_size, {}, 0, {}};
+      FleeceMemberInfo mi{m.device, m.export_name, m.store_path, m.cluster_size, m.granularity,
+                          {}, 0, {}};
       if (auto s = m.filter->stats(m.snapshot)) mi.stats = *s;
       if (auto exported = registry_.get(m.export_name); exported && exported->name() == m.export_name) {
         mi.read_bytes = exported->stats().snapshot().read_bytes;

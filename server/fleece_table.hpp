@@ -60,7 +60,10 @@ struct FleeceStartRequest {
   std::string id;
   std::vector<std::string> devices;  // node names, distinct
   cow::SnapshotPolicy policy;
-  uint32_t cluster_size = 0;  // 0: the disk's current store cluster size, else 64 KiB
+  uint32_t cluster_size = 0;  // the stores' qcow2 cluster size; 0: 64 KiB
+  // The copy unit; 0: the disk's current one if the cluster size allows it,
+  // else the cluster size below 16 KiB, else max(4 KiB, cluster size / 32).
+  uint32_t granularity = 0;
   // Optional: runs at the point in time, every gate closed (dirty bitmaps
   // freeze here); an error fails the start.
   std::function<std::error_code()> at_point_in_time;
@@ -84,7 +87,8 @@ struct FleeceMemberInfo {
   std::string device;
   std::string export_name;
   std::string store;  // the store file's path
-  uint32_t cluster_size = 0;
+  uint32_t cluster_size = 0;  // the store's qcow2 clusters
+  uint32_t granularity = 0;   // the copy unit
   cow::SnapshotStats stats;
   uint64_t read_bytes = 0;  // by every client of the export so far
   std::vector<ClientInfo> clients;

@@ -25,6 +25,7 @@ std::vector<QmpParam> fleece_start_params() {
           qmp_optional("cbw-timeout", QmpType::integer),
           qmp_optional("max-store-bytes", QmpType::integer),
           qmp_optional("cluster-size", QmpType::integer),
+          qmp_optional("granularity", QmpType::integer),
           qmp_optional("bitmaps", QmpType::array)};
 }
 
@@ -58,7 +59,13 @@ std::variant<FleeceStartRequest, QmpError> read_start_request(const json::object
   }
   request.policy.cbw_timeout = std::chrono::milliseconds(timeout);
   request.policy.max_store_bytes = static_cast<uint64_t>(max_bytes);
+  const int64_t granularity = qmp_arg_int(args, "granularity", 0);
+  if (qmp_has_arg(args, "granularity") && (granularity <= 0 || granularity > (int64_t{1} << 31))) {
+    return QmpError::generic(fmt::format(
+        "Parameter 'granularity' must be a power of two from 4096 to cluster-size, got {}", granularity));
+  }
   request.cluster_size = static_cast<uint32_t>(cluster);
+  request.granularity = static_cast<uint32_t>(granularity);
   return request;
 }
 
@@ -72,6 +79,7 @@ json::object member_object(const FleeceMemberInfo& m) {
           {"export", m.export_name},
           {"store", m.store},
           {"cluster-size", m.cluster_size},
+          {"granularity", m.granularity},
           {"preserved-bytes", s.preserved_bytes},
           {"preserved-clusters", s.copies},
           {"zero-clusters", s.zero_marks},

@@ -172,14 +172,18 @@ struct FleeceOptions {
   OnCbwError on_cbw_error = OnCbwError::break_snapshot;
   std::chrono::milliseconds cbw_timeout{0};  // 0: none
   uint64_t max_store_bytes = 0;              // 0: unlimited
-  uint32_t cluster_size = 0;                 // 0: the disk's current one, else 64 KiB
+  uint32_t cluster_size = 0;                 // the stores' qcow2 clusters; 0: 64 KiB
+  // The copy unit (the NBD QMP's 'granularity'); 0: the disk's current one,
+  // else 4 KiB (subclusters of the qcow2 clusters).
+  uint32_t granularity = 0;
 };
 
 struct FleeceDiskInfo {
   std::string disk;
   std::string export_name;  // "DISK@ID", read-only (TRIM: done with those blocks)
   std::string store;        // the throwaway qcow2's path
-  uint32_t cluster_size = 0;
+  uint32_t cluster_size = 0;  // its qcow2 clusters
+  uint32_t granularity = 0;   // the copy unit
   uint64_t preserved_bytes = 0;  // copied aside before a write
   uint64_t preserved_clusters = 0, zero_clusters = 0, freed_clusters = 0;
   uint64_t store_bytes = 0;

@@ -61,6 +61,11 @@ bad = [
     # Refused until dirty bitmaps come (issue 7); then a string is the wrong type.
     (dict(id="x", devices=["d"], bitmaps=["b0"]), "GenericError", ("'bitmaps' is not supported yet", "'bitmaps[0]'")),
     (dict(id="x", devices=["d"], cluster_size=1000), "GenericError", "power of two"),
+    (dict(id="x", devices=["d"], granularity=1000), "GenericError", "'granularity' must be a power of two"),
+    (dict(id="x", devices=["d"], granularity=2048), "GenericError", "'granularity' must be a power of two"),
+    (dict(id="x", devices=["d"], granularity=131072), "GenericError", "'granularity' must be a power of two"),
+    (dict(id="x", devices=["d"], cluster_size=8192, granularity=4096), "GenericError",
+     "cluster-size at least 16384"),
     (dict(id="x", devices=["d"], cbw_timeout=-1), "GenericError", "'cbw-timeout' must be >= 0"),
     (dict(id="x", devices=["d"], on_cbw_error="ignore"), "GenericError",
      "Parameter 'on-cbw-error' does not accept value 'ignore'"),
@@ -79,8 +84,10 @@ r = qmp.ok("fleece-start", id="e1", devices=["d"])
 assert r["exports"] == ["d@e1"], r
 k, desc = qmp.error("fleece-start", id="e1", devices=["e"])
 assert "Fleece 'e1' already exists" in desc, desc
-k, desc = qmp.error("fleece-start", id="e2", devices=["d"], cluster_size=131072)
-assert "cluster-size 65536" in desc, desc
+k, desc = qmp.error("fleece-start", id="e2", devices=["d"], granularity=8192)
+assert "granularity 4096" in desc, desc
+member = qmp.ok("query-fleeces")[0]["devices"][0]
+assert member["cluster-size"] == 65536 and member["granularity"] == 4096, member
 assert [f["id"] for f in qmp.ok("query-fleeces")] == ["e1"]
 still_serving()
 
@@ -107,6 +114,7 @@ subprocess.run(["qemu-img", "check", "-U", store], check=True, stdout=subprocess
 info = subprocess.run(["qemu-img", "info", "-U", "--output=json", store], check=True,
                       capture_output=True, text=True).stdout
 assert os.path.abspath(disk_file) in info and '"cluster-size": 65536' in info, info
+assert '"extended-l2": true' in info, info  # 4 KiB copies in subclusters
 
 # --- Discard on the view: those clusters read as EIO from then on; the rest is intact.
 v.trim(M, 0)

@@ -128,6 +128,7 @@ TEST_CASE("fleece table: start exports NAME@ID with TRIM, stop removes export an
   REQUIRE(list[0].members.size() == 2);
   CHECK(list[0].members[0].store == h.store_of("d", "t1"));
   CHECK(list[0].members[0].cluster_size == 65536);
+  CHECK(list[0].members[0].granularity == 4096);  // subclusters by default
   CHECK_FALSE(list[0].members[0].stats.broken);
 
   // Refusals leave nothing behind.
