@@ -42,6 +42,18 @@ struct CbwFilter::BackgroundCopy {
   std::shared_ptr<CbwFilter> self;  // the filter outlives the copies
 };
 
+// A range of clusters copied by several workers at once: they take the
+// next cluster in turn; the last to leave reports the first error.
+struct CbwFilter::RangeCopy {
+  std::shared_ptr<CopyOutcome> outcome;
+  std::shared_ptr<CbwFilter> self;
+  uint64_t last = 0;
+  std::mutex mutex;
+  uint64_t next = 0;
+  unsigned running = 0;
+  std::error_code error;
+};
+
 struct CbwFilter::CopyPlan {
   std::shared_ptr<Snapshot> target;  // St_m: receives the old data
   std::shared_ptr<Snapshot> newest;  // St_n: to be marked zero (it must not fall through)
@@ -346,9 +358,48 @@ std::error_code CbwFilter::give_up_on_copies(uint64_t first, uint64_t last, std:
 }
 
 Task<std::error_code> CbwFilter::preserve_range(uint64_t first, uint64_t last) {
-  for (uint64_t c = first; c <= last; ++c)
-    if (auto ec = co_await preserve_cluster(c)) co_return ec;
-  co_return std::error_code{};
+  if (first == last) co_return co_await preserve_cluster(first);
+  // A write over many copy units (1 MiB over 4 KiB ones: 256) copies them
+  // side by side: each copy is a read and a write that would otherwise wait
+  // for the one before. Each cluster still has its own lock, taken alone.
+  constexpr uint64_t kWorkers = 8;
+  auto range = std::make_shared<RangeCopy>();
+  range->outcome = std::make_shared<CopyOutcome>();
+  range->self = shared_from_this();
+  range->last = last;
+  range->next = first;
+  range->running = unsigned(std::min(kWorkers, last - first + 1));
+  auto ex = co_await asio::this_coro::executor;
+  for (unsigned i = range->running; i > 0; --i)
+    asio::co_spawn(ex, copy_worker(new std::shared_ptr<RangeCopy>(range)), asio::detached);
+  co_await range->outcome->wait();
+  co_return *range->outcome->result();
+}
+
+Task<void> CbwFilter::copy_worker(std::shared_ptr<RangeCopy>* hand_over) {
+  // Handed over as a raw pointer: GCC 12 may lose a by-value class
+  // parameter of a coroutine.
+  const std::shared_ptr<RangeCopy> range = *std::unique_ptr<std::shared_ptr<RangeCopy>>(hand_over);
+  for (;;) {
+    uint64_t c;
+    {
+      std::lock_guard lk(range->mutex);
+      if (range->error || range->next > range->last) break;
+      c = range->next++;
+    }
+    auto ec = co_await preserve_cluster(c);
+    if (ec) {
+      std::lock_guard lk(range->mutex);
+      if (!range->error) range->error = ec;
+    }
+  }
+  std::error_code result;
+  {
+    std::lock_guard lk(range->mutex);
+    if (--range->running > 0) co_return;
+    result = range->error;
+  }
+  range->outcome->complete(result);
 }
 
 Task<std::error_code> CbwFilter::preserve_cluster(uint64_t cluster) {

@@ -166,12 +166,15 @@ class CbwFilter final : public block::Device, public std::enable_shared_from_thi
   struct CopyPlan;
   class CopyOutcome;
   struct BackgroundCopy;
+  struct RangeCopy;
 
   block::Task<std::error_code> copy_then_enter(uint64_t offset, uint64_t length,
                                                WriteGate::Ticket& ticket);
   bool needs_copies(uint64_t offset, uint64_t length) const;
   block::Task<std::error_code> before_write(uint64_t offset, uint64_t length);
   block::Task<std::error_code> preserve_range(uint64_t first, uint64_t last);
+  // One of preserve_range()'s workers (the range keeps the filter alive).
+  block::Task<void> copy_worker(std::shared_ptr<RangeCopy>* hand_over);
   // A writer's copies, spawned so it can stop waiting at cbw-timeout.
   block::Task<void> copy_in_background(BackgroundCopy* hand_over, uint64_t first, uint64_t last);
   block::Task<std::error_code> preserve_cluster(uint64_t cluster);
