@@ -666,7 +666,7 @@ Task<std::error_code> CbwFilter::read_frozen(SnapshotId id, uint64_t offset,
   // (its copy waits), and a discard waits for this read before freeing.
   std::vector<ClusterLockTable::Guard> guards;
   guards.reserve(last - first + 1);
-  for (uint64_t c = first; c <= last; ++c) guards.push_back(co_await locks_.lock_shared(c));
+  co_await locks_.lock_shared_range(first, last, &guards);
 
   struct Piece {
     uint64_t offset;
@@ -782,12 +782,15 @@ Task<std::error_code> CbwFilter::block_status_frozen(SnapshotId id, uint64_t off
     cs = cluster_size_;
   }
   if (offset >= size_ || length == 0) co_return std::make_error_code(std::errc::invalid_argument);
-  length = std::min(length, size_ - offset);
+  // Bounded work per call (every unit is locked): callers continue from
+  // where the extents stop.
+  constexpr uint64_t kMaxUnits = 1 << 16;
+  length = std::min({length, size_ - offset, kMaxUnits * cs - offset % cs});
   const uint64_t first = offset / cs;
   const uint64_t last = (offset + length - 1) / cs;
   std::vector<ClusterLockTable::Guard> guards;
   guards.reserve(last - first + 1);
-  for (uint64_t c = first; c <= last; ++c) guards.push_back(co_await locks_.lock_shared(c));
+  co_await locks_.lock_shared_range(first, last, &guards);
 
   struct Run {
     uint64_t offset, length;

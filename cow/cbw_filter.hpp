@@ -144,7 +144,8 @@ class CbwFilter final : public block::Device, public std::enable_shared_from_thi
   block::Task<std::error_code> read_frozen(SnapshotId id, uint64_t offset,
                                            std::span<std::byte> out);
   block::Task<std::error_code> discard_frozen(SnapshotId id, uint64_t offset, uint64_t length);
-  // Extents cover [offset, offset + length) exactly. Discarded clusters are
+  // Extents cover [offset, offset + n), n > 0: all of the range up to 65536
+  // clusters, so callers continue from where they stop. Discarded clusters are
   // reported as HOLE|ZERO with depth 0 (reading them fails, so skip them);
   // clusters held by a store as data (depth = stores crossed) or ZERO;
   // the rest as D reports them, depth below the whole chain.

@@ -8,7 +8,7 @@ boost::asio::awaitable<ClusterLockTable::Guard> ClusterLockTable::lock(uint64_t 
                                                                         bool exclusive) {
   {
     std::lock_guard lk(mutex_);
-    Entry& e = entries_[cluster];
+    Entry& e = entry_locked(cluster);
     if (e.queue.empty() && grantable(e, exclusive)) {
       if (exclusive) e.exclusive = true;
       else ++e.shared;
@@ -18,7 +18,7 @@ boost::asio::awaitable<ClusterLockTable::Guard> ClusterLockTable::lock(uint64_t 
   // Contended: park; unlock() hands the lock over before resuming us.
   co_await suspend([&](Resumer&& r) {
     std::unique_lock lk(mutex_);
-    Entry& e = entries_[cluster];
+    Entry& e = entry_locked(cluster);
     if (e.queue.empty() && grantable(e, exclusive)) {  // released meanwhile
       if (exclusive) e.exclusive = true;
       else ++e.shared;
@@ -29,6 +29,31 @@ boost::asio::awaitable<ClusterLockTable::Guard> ClusterLockTable::lock(uint64_t 
     e.queue.push_back(Waiter{exclusive, std::move(r)});
   });
   co_return Guard(this, cluster, exclusive);
+}
+
+boost::asio::awaitable<void> ClusterLockTable::lock_shared_range(uint64_t first, uint64_t last,
+                                                                std::vector<Guard>* guards) {
+  uint64_t c = first;
+  {
+    std::lock_guard lk(mutex_);
+    for (; c <= last; ++c) {
+      Entry& e = entry_locked(c);
+      if (!e.queue.empty() || !grantable(e, false)) break;
+      ++e.shared;
+      guards->emplace_back(this, c, false);
+    }
+  }
+  for (; c <= last; ++c) guards->push_back(co_await lock(c, false));
+}
+
+ClusterLockTable::Entry& ClusterLockTable::entry_locked(uint64_t cluster) {
+  if (auto it = entries_.find(cluster); it != entries_.end()) return it->second;
+  if (spare_.empty()) return entries_[cluster];
+  auto node = std::move(spare_.back());
+  spare_.pop_back();
+  node.key() = cluster;
+  node.mapped() = Entry{};
+  return entries_.insert(std::move(node)).position->second;
 }
 
 void ClusterLockTable::unlock(uint64_t cluster, bool exclusive) {
@@ -48,7 +73,12 @@ void ClusterLockTable::unlock(uint64_t cluster, bool exclusive) {
       wake.push_back(std::move(w.resumer));
       if (w.exclusive) break;
     }
-    if (e.shared == 0 && !e.exclusive && e.queue.empty()) entries_.erase(it);
+    if (e.shared == 0 && !e.exclusive && e.queue.empty()) {
+      if (spare_.size() < 1024)
+        spare_.push_back(entries_.extract(it));
+      else
+        entries_.erase(it);
+    }
   }
   for (auto& r : wake) r.resume();
 }

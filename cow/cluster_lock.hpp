@@ -21,9 +21,10 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 namespace fleece::cow {
 
@@ -60,6 +61,10 @@ class ClusterLockTable {
 
   boost::asio::awaitable<Guard> lock_shared(uint64_t cluster) { return lock(cluster, false); }
   boost::asio::awaitable<Guard> lock_exclusive(uint64_t cluster) { return lock(cluster, true); }
+  // Shared locks on [first, last], ascending, appended to *guards: those
+  // free now under one acquisition of the table, the rest one by one.
+  boost::asio::awaitable<void> lock_shared_range(uint64_t first, uint64_t last,
+                                                 std::vector<Guard>* guards);
 
   // For tests and assertions: number of clusters with holders or waiters.
   size_t active_entries() const;
@@ -74,8 +79,9 @@ class ClusterLockTable {
   struct Entry {
     int shared = 0;
     bool exclusive = false;
-    std::deque<Waiter> queue;
+    std::list<Waiter> queue;  // a list: empty costs no allocation
   };
+  using Entries = std::unordered_map<uint64_t, Entry>;
 
   boost::asio::awaitable<Guard> lock(uint64_t cluster, bool exclusive);
   void unlock(uint64_t cluster, bool exclusive);
@@ -83,8 +89,14 @@ class ClusterLockTable {
     return exclusive ? (e.shared == 0 && !e.exclusive) : !e.exclusive;
   }
 
+  // Under mutex_: the entry of a cluster, made from a spare node if any.
+  Entry& entry_locked(uint64_t cluster);
+
   mutable std::mutex mutex_;
-  std::unordered_map<uint64_t, Entry> entries_;
+  Entries entries_;
+  // Nodes of entries that went, kept for reuse: a frozen read locks every
+  // copy unit it spans (512 for 2 MiB of 4 KiB units), each a node.
+  std::vector<Entries::node_type> spare_;
 };
 
 }  // namespace fleece::cow
