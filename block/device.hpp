@@ -108,7 +108,10 @@ class Device {
   // default) otherwise: O_DIRECT, image formats, filters that change bytes.
   // The bytes are those of the moment they are sent: a later write may
   // change them, so a caller that must return an older state (a frozen
-  // view) never uses this.
+  // view) never uses this. Holding locks until sendfile returns is not
+  // enough: a socket may keep the page itself (zero copy, AF_UNIX since
+  // Linux 6.5, TCP until acknowledged), so the bytes leave when the peer
+  // reads them.
   virtual std::optional<FileRange> file_range(uint64_t offset, uint64_t length) const;
 };
 
