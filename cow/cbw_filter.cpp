@@ -515,16 +515,31 @@ Task<std::error_code> CbwFilter::copy_cluster(const std::shared_ptr<Snapshot>& s
 // ---------------------------------------------------------------------------
 // Snapshot lifecycle.
 
-bool CbwFilter::empty_store(const ClusterStore& store) {
-  const uint64_t count = store.cluster_count();
-  for (uint64_t c = 0; c < count; ++c)
-    if (store.state(c) != ClusterState::absent) return false;
-  return true;
+bool CbwFilter::empty_store(const ClusterStore& store) { return store.all_absent(); }
+
+CbwFilter::Prepared CbwFilter::prepare(std::shared_ptr<ClusterStore> store, SnapshotPolicy policy) {
+  Prepared p;
+  p.snapshot = std::make_shared<Snapshot>();
+  if (store) {
+    p.snapshot->needs.assign(store->cluster_count(), true);
+    p.snapshot->holds.assign(store->cluster_count(), false);
+  }
+  p.snapshot->store = std::move(store);
+  p.snapshot->policy = policy;
+  return p;
 }
 
 Task<Result<SnapshotId>> CbwFilter::add_snapshot(std::shared_ptr<ClusterStore> store,
                                                  SnapshotPolicy policy) {
+  auto prepared = prepare(std::move(store), policy);  // named: see add_snapshot(Prepared&&)
+  co_return co_await add_snapshot(std::move(prepared));
+}
+
+Task<Result<SnapshotId>> CbwFilter::add_snapshot(Prepared&& prepared) {
+  auto snap = std::move(prepared.snapshot);
   assert(gate_.closed() && "add_snapshot needs the write gate closed");
+  if (!snap) co_return std::make_error_code(std::errc::invalid_argument);
+  const std::shared_ptr<ClusterStore>& store = snap->store;
   if (!store || store->size() != size_ || store->cluster_size() == 0)
     co_return std::make_error_code(std::errc::invalid_argument);
   auto admin = co_await admin_.lock_exclusive(0);
@@ -532,8 +547,8 @@ Task<Result<SnapshotId>> CbwFilter::add_snapshot(std::shared_ptr<ClusterStore> s
   const uint64_t count = store->cluster_count();
   // The full check is O(clusters) and runs before the gate closes
   // (FleeceGroup::start); here, with the guest held, only what is O(1).
-  assert(empty_store(*store));
-  if (store->stored_bytes() != 0) co_return std::make_error_code(std::errc::invalid_argument);
+  if (store->stored_bytes() != 0 || snap->needs.size() != count)
+    co_return std::make_error_code(std::errc::invalid_argument);
   std::shared_ptr<ClusterStore> previous;
   {
     std::lock_guard lk(mutex_);
@@ -550,11 +565,6 @@ Task<Result<SnapshotId>> CbwFilter::add_snapshot(std::shared_ptr<ClusterStore> s
     if (auto ec = co_await previous->set_backing(file, format)) co_return ec;
   }
 
-  auto snap = std::make_shared<Snapshot>();
-  snap->store = std::move(store);
-  snap->policy = policy;
-  snap->needs.assign(count, true);
-  snap->holds.assign(count, false);
   std::lock_guard lk(mutex_);
   cluster_size_ = cs;
   clusters_ = count;
@@ -734,7 +744,38 @@ Task<std::error_code> CbwFilter::discard_frozen(SnapshotId id, uint64_t offset, 
 
 Task<void> CbwFilter::release_clusters(std::shared_ptr<Snapshot> snap, uint64_t first,
                                        uint64_t end) {
-  for (uint64_t c = first; c < end; ++c) {
+  // Only clusters a store holds, or a copy in flight may still give to one
+  // (it holds the cluster's lock), can be freed; the others (most of a
+  // large disk) are passed over in batches, without a lock each. Readers of
+  // those read D, and a writer's copy still waits for them. Locked ones are
+  // listed first: a copy that ends before that has set its holds bit.
+  constexpr uint64_t kBatch = 1 << 16;
+  std::vector<uint64_t> todo;
+  for (uint64_t from = first; from < end; from += kBatch) {
+    const uint64_t to = std::min(end, from + kBatch);
+    todo.clear();
+    locks_.active_in(from, to, &todo);
+    {
+      std::lock_guard lk(mutex_);
+      size_t i = 0;
+      while (i < chain_.size() && chain_[i]->id < snap->id) ++i;
+      for (uint64_t c = from; c < to; ++c)
+        if (first_holder(i, c)) todo.push_back(c);
+    }
+    std::sort(todo.begin(), todo.end());
+    todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
+    for (uint64_t c : todo) co_await release_cluster(snap, c);
+  }
+  bool zombies = false;
+  {
+    std::lock_guard lk(mutex_);
+    for (auto& s : chain_) zombies = zombies || !s->exported;
+  }
+  if (zombies) co_await reap_zombies();
+}
+
+Task<void> CbwFilter::release_cluster(const std::shared_ptr<Snapshot>& snap, uint64_t c) {
+  {
     // (2) Wait for reads that started before needs was cleared; keep copies
     // off C meanwhile.
     auto guard = co_await locks_.lock_exclusive(c);
@@ -755,7 +796,7 @@ Task<void> CbwFilter::release_clusters(std::shared_ptr<Snapshot> snap, uint64_t 
     // (3) Free what the snapshot read if nobody reads it any more; it stays
     // a zero cluster, so no qcow2 reader of that store falls through to
     // newer data.
-    if (!owner) continue;
+    if (!owner) co_return;
     auto ec = co_await owner->store->discard(c);
     std::lock_guard lk(mutex_);
     if (ec)
@@ -764,12 +805,6 @@ Task<void> CbwFilter::release_clusters(std::shared_ptr<Snapshot> snap, uint64_t 
     else
       ++owner->freed_clusters;
   }
-  bool zombies = false;
-  {
-    std::lock_guard lk(mutex_);
-    for (auto& s : chain_) zombies = zombies || !s->exported;
-  }
-  if (zombies) co_await reap_zombies();
 }
 
 Task<std::error_code> CbwFilter::block_status_frozen(SnapshotId id, uint64_t offset,

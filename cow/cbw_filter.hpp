@@ -135,6 +135,19 @@ class CbwFilter final : public block::Device, public std::enable_shared_from_thi
   // Re-points the previous newest store's backing file at it.
   block::Task<Result<SnapshotId>> add_snapshot(std::shared_ptr<ClusterStore> store,
                                                SnapshotPolicy policy = {});
+  // The same in two steps: prepare() makes the snapshot's bitmaps (O(disk
+  // size / cluster size): 64 MiB of them for 1 TiB in 4 KiB clusters)
+  // before the gate closes, so that the add itself holds the guest for
+  // O(1) work.
+  struct Snapshot;
+  class Prepared {
+    friend class CbwFilter;
+    std::shared_ptr<Snapshot> snapshot;
+  };
+  static Prepared prepare(std::shared_ptr<ClusterStore> store, SnapshotPolicy policy = {});
+  // A reference, moved from at once: GCC 12 may lose a by-value class
+  // parameter of a coroutine.
+  block::Task<Result<SnapshotId>> add_snapshot(Prepared&& prepared);
   static bool empty_store(const ClusterStore& store);  // every cluster absent
   // Stops the snapshot: its reads fail from now on (std::errc::no_such_device),
   // and its store is removed once no older snapshot reads through it.
@@ -163,7 +176,6 @@ class CbwFilter final : public block::Device, public std::enable_shared_from_thi
   const block::Device& disk() const { return *disk_; }
 
  private:
-  struct Snapshot;
   struct CopyPlan;
   class CopyOutcome;
   struct BackgroundCopy;
@@ -186,6 +198,7 @@ class CbwFilter final : public block::Device, public std::enable_shared_from_thi
   // no longer needs, then removal of stores nobody reads through.
   block::Task<void> release_clusters(std::shared_ptr<Snapshot> snap, uint64_t first,
                                      uint64_t end);
+  block::Task<void> release_cluster(const std::shared_ptr<Snapshot>& snap, uint64_t c);
   block::Task<void> reap_zombies();
 
   // Helpers below run with mutex_ held; indexes are positions in chain_.

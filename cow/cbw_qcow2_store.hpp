@@ -51,6 +51,8 @@ class Qcow2ClusterStore final : public ClusterStore {
   uint32_t cluster_size() const override { return granularity_; }  // the copy unit
   ClusterState state(uint64_t cluster) const override;
   uint64_t stored_bytes() const override { return image_->data_bytes_in_use(); }
+  // No L2 table at all (a fresh store): O(L1 entries), not O(clusters).
+  bool all_absent() const override { return image_->no_l2_tables(); }
   std::string path() const override { return path_; }
   std::string format() const override { return "qcow2"; }
 

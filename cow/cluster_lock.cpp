@@ -83,6 +83,12 @@ void ClusterLockTable::unlock(uint64_t cluster, bool exclusive) {
   for (auto& r : wake) r.resume();
 }
 
+void ClusterLockTable::active_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const {
+  std::lock_guard lk(mutex_);
+  for (const auto& [c, e] : entries_)
+    if (c >= from && c < to) out->push_back(c);
+}
+
 size_t ClusterLockTable::active_entries() const {
   std::lock_guard lk(mutex_);
   return entries_.size();

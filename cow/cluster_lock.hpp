@@ -66,6 +66,8 @@ class ClusterLockTable {
   boost::asio::awaitable<void> lock_shared_range(uint64_t first, uint64_t last,
                                                  std::vector<Guard>* guards);
 
+  // Appends the clusters in [from, to) locked or waited on now.
+  void active_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const;
   // For tests and assertions: number of clusters with holders or waiters.
   size_t active_entries() const;
   // Shared holders of a cluster right now (tests).

@@ -60,6 +60,14 @@ class ClusterStore {
   virtual boost::asio::awaitable<std::error_code> set_backing(const std::string& file,
                                                               const std::string& format) = 0;
 
+  // Whether every cluster is absent; false may also mean "cannot tell
+  // cheaply" (the default asks state() of every cluster).
+  virtual bool all_absent() const {
+    for (uint64_t c = 0, n = cluster_count(); c < n; ++c)
+      if (state(c) != ClusterState::absent) return false;
+    return true;
+  }
+
   uint64_t cluster_count() const { return (size() + cluster_size() - 1) / cluster_size(); }
   uint32_t cluster_bytes(uint64_t cluster) const {
     uint64_t start = cluster * cluster_size();

@@ -540,6 +540,13 @@ Task<void> Qcow2Image::settle_l2() {
   (void)co_await flush_metadata();
 }
 
+bool Qcow2Image::no_l2_tables() const {
+  std::lock_guard lk(mu_);
+  for (uint64_t i = 0; i < header_.l1_size; ++i)
+    if ((l1_->entry(i) & kEntryOffsetMask) != 0) return false;
+  return true;
+}
+
 uint64_t Qcow2Image::l2_cache_bytes() const {
   std::lock_guard lk(mu_);
   return l2_.bytes();

@@ -191,6 +191,8 @@ class Qcow2Image final : public block::Device,
   block::Task<std::error_code> zero_subclusters(uint64_t offset, uint64_t length);
   // The same, then flushes, so a host cluster left empty is free on return.
   block::Task<std::error_code> discard_subclusters(uint64_t offset, uint64_t length);
+  // Whether the L1 table points at no L2 table: every cluster unallocated.
+  bool no_l2_tables() const;
   // L2 tables in memory now, and the limit they are kept to.
   uint64_t l2_cache_bytes() const;
   uint64_t l2_cache_limit() const;

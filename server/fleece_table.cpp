@@ -97,6 +97,7 @@ class StoreFile final : public cow::ClusterStore {
   uint32_t cluster_size() const override { return store->cluster_size(); }
   cow::ClusterState state(uint64_t cluster) const override { return store->state(cluster); }
   uint64_t stored_bytes() const override { return store->stored_bytes(); }
+  bool all_absent() const override { return store->all_absent(); }
   std::string path() const override { return store->path(); }
   std::string format() const override { return store->format(); }
   // Forwarded without a coroutine frame of their own.

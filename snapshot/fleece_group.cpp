@@ -20,14 +20,19 @@ Task<Result<std::unique_ptr<FleeceGroup>>> FleeceGroup::start(std::string id,
       co_return std::make_error_code(std::errc::invalid_argument);  // one snapshot per disk, empty stores
   }
 
+  // The snapshots' bitmaps are made before the guest is held.
+  std::vector<cow::CbwFilter::Prepared> prepared;
+  for (auto& m : members) prepared.push_back(cow::CbwFilter::prepare(m.store, policy));
+
   const auto t0 = std::chrono::steady_clock::now();
   for (auto& m : members) co_await m.filter->close_gate();
   const auto closed_at = std::chrono::steady_clock::now();
 
   std::vector<Installed> installed;
   std::error_code failure;
-  for (auto& m : members) {
-    auto sid = co_await m.filter->add_snapshot(m.store, policy);
+  for (size_t i = 0; i < members.size(); ++i) {
+    auto& m = members[i];
+    auto sid = co_await m.filter->add_snapshot(std::move(prepared[i]));
     if (!sid) {
       failure = sid.error();
       FLEECE_LOG_WARN("fleece", "fleece {}: installing on {} failed: {}", id, m.device,

@@ -1,0 +1,43 @@
+#!/bin/bash
+# A fleece of a large disk (1 TiB, sparse: 268 million 4 KiB copy units)
+# starts at once and holds the guest's writes for microseconds: the
+# snapshot's bitmaps are made before the gate closes and a fresh store is
+# seen empty without looking at every unit. Then a write far into the disk
+# is copied aside and the view still reads the old bytes.
+. "$(dirname "$0")/lib.sh"
+
+ctl() { timeout 30 "$FLEECE" ctl --qmp "$T/fleece.qmp" "$@"; }
+
+truncate -s 1T "$T/big.img"
+printf 'old!%.0s' $(seq 1024) | dd of="$T/big.img" bs=4096 seek=$((512 << 18)) conv=notrunc status=none
+serve_start --disk d="$T/big.img" --listen unix:"$T/s"
+
+t0=$(date +%s%N)
+out=$(ctl fleece-start id=b devices:='["d"]')
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+pause=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["write-pause-us"])' "$out")
+log "fleece-start of 1 TiB: ${ms} ms, writes held ${pause} us"
+((pause < 5000)) || fail "fleece-start held writes ${pause} us (> 5 ms) on a 1 TiB disk"
+((ms < 3000)) || fail "fleece-start took ${ms} ms on a 1 TiB disk"
+
+$PY - "$T/s" <<'PYEOF' || fail "live write / frozen read at 512 GiB"
+import nbd, sys
+at = 512 << 30
+live = nbd.NBD(); live.connect_uri("nbd+unix:///d?socket=" + sys.argv[1])
+view = nbd.NBD(); view.connect_uri("nbd+unix:///d@b?socket=" + sys.argv[1])
+live.pwrite(b"new!" * 1024, at + 4096 - 100)  # two units: the old one and a hole
+live.flush()
+assert live.pread(4096, at) == b"old!" * 999 + b"new!" * 25
+assert view.pread(4096, at) == b"old!" * 1024
+assert view.pread(4096, at + 4096) == bytes(4096)
+PYEOF
+q=$(ctl query-fleeces)
+$PY - "$q" <<'PYEOF' || fail "query-fleeces: $q"
+import json, sys
+d = json.loads(sys.argv[1])[0]["devices"][0]
+assert d["granularity"] == 4096 and d["preserved-bytes"] == 4096 and d["zero-clusters"] == 1, d
+PYEOF
+ctl fleece-stop id=b >/dev/null
+assert_server_alive
+serve_stop
+echo "test_fleece_large: ok"
