@@ -881,7 +881,24 @@ Task<std::error_code> Qcow2Image::zero_subclusters(uint64_t offset, uint64_t len
 
 Task<std::error_code> Qcow2Image::discard_subclusters(uint64_t offset, uint64_t length) {
   if (auto ec = co_await zero_subclusters(offset, length)) co_return ec;
-  co_return co_await flush_metadata();
+  if (auto ec = co_await flush_metadata()) co_return ec;
+  if (!header_.extended_l2()) co_return std::error_code{};
+  // The entry on disk no longer points at those subclusters: where the
+  // host cluster stays (other subclusters in use), their bytes go back to
+  // the file system. Under the cluster's lock, so no write refills them
+  // in between.
+  uint64_t g;
+  uint32_t mask;
+  if (auto ec = subcluster_range(offset, length, &g, &mask)) co_return ec;
+  auto guard = co_await clusters_.lock(g, g, false);
+  auto e = co_await lookup(g);
+  if (!e || e->kind != EntryKind::data || (uint32_t(e->bitmap) & mask) != 0)
+    co_return std::error_code{};
+  const uint64_t scs = header_.subcluster_size();
+  const uint64_t first = uint64_t(std::countr_zero(mask)), count = uint64_t(std::popcount(mask));
+  // Advisory: a file system that cannot punch holes keeps the bytes.
+  (void)co_await file_->trim(e->host + first * scs, count * scs, {});
+  co_return std::error_code{};
 }
 
 // ---------------------------------------------------------------- Device

@@ -189,7 +189,9 @@ class Qcow2Image final : public block::Device,
   // Makes the range read as zeroes (never unallocated); the host cluster is
   // freed at the next flush() once none of its subclusters is allocated.
   block::Task<std::error_code> zero_subclusters(uint64_t offset, uint64_t length);
-  // The same, then flushes, so a host cluster left empty is free on return.
+  // The same, then flushes, so a host cluster left empty is free on return;
+  // in a host cluster still in use, the range's bytes are trimmed (a hole
+  // in the file).
   block::Task<std::error_code> discard_subclusters(uint64_t offset, uint64_t length);
   // Whether the L1 table points at no L2 table: every cluster unallocated.
   bool no_l2_tables() const;

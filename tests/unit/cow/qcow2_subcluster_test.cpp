@@ -182,6 +182,36 @@ TEST_CASE("qcow2 extended L2: qemu-img checks the file and reads it through its 
   CHECK(read_all(*img) == expect);
 }
 
+TEST_CASE("qcow2 extended L2: a discard inside a host cluster still in use trims its bytes") {
+  auto file = std::make_shared<GrowingFile>();
+  auto img = make_extended(file, kSize);
+  const uint64_t at = 2 * uint64_t{kCs};
+  auto data = pattern(8 * kScs, 4);
+  REQUIRE(!run(img->write_subclusters(at, data)));  // subclusters 0-7 of cluster 2
+  file->trims.clear();
+  REQUIRE(!run(img->discard_subclusters(at + 2 * kScs, 2 * kScs)));
+  REQUIRE(file->trims.size() == 1);
+  const uint64_t host_trimmed = file->trims[0].first;
+  CHECK(file->trims[0].second == 2 * kScs);
+  CHECK(host_trimmed % kCs == 2 * kScs);  // the subclusters' place in their host cluster
+  CHECK(img->data_bytes_in_use() == 6 * kScs);
+  std::vector<std::byte> got(8 * kScs);
+  REQUIRE(!run(img->read(at, got)));
+  auto expect = data;
+  std::fill_n(expect.begin() + 2 * kScs, 2 * kScs, std::byte{0});
+  CHECK(got == expect);
+  // The rest of the host cluster was not touched.
+  auto raw = file->bytes();
+  const uint64_t host = host_trimmed - 2 * kScs;
+  CHECK(std::equal(data.begin(), data.begin() + 2 * kScs, raw.begin() + std::ptrdiff_t(host)));
+  CHECK(std::equal(data.begin() + 4 * kScs, data.end(), raw.begin() + std::ptrdiff_t(host + 4 * kScs)));
+  // The last subclusters: the host cluster goes whole, nothing to trim.
+  file->trims.clear();
+  REQUIRE(!run(img->discard_subclusters(at, kCs)));
+  CHECK(file->trims.empty());
+  CHECK(img->data_bytes_in_use() == 0);
+}
+
 TEST_CASE("qcow2 extended L2: what it refuses") {
   auto file = std::make_shared<GrowingFile>();
   Qcow2CreateOptions small;

@@ -68,7 +68,12 @@ class GrowingFile final : public block::Device {
     std::vector<std::byte> z(length);
     co_return co_await write(offset, z, {});
   }
-  block::Task<std::error_code> trim(uint64_t, uint64_t, block::WriteFlags) override {
+  // As a punched hole: the bytes read as zeroes; each trim is recorded.
+  block::Task<std::error_code> trim(uint64_t offset, uint64_t length, block::WriteFlags) override {
+    std::lock_guard lk(mu_);
+    trims.emplace_back(offset, length);
+    if (offset < bytes_.size())
+      std::memset(bytes_.data() + offset, 0, std::min<uint64_t>(length, bytes_.size() - offset));
     co_return std::error_code{};
   }
   block::Task<std::error_code> flush() override {
@@ -95,6 +100,7 @@ class GrowingFile final : public block::Device {
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> flushes{0};
   std::atomic<uint64_t> fua_writes{0};
+  std::vector<std::pair<uint64_t, uint64_t>> trims;  // (offset, length), under mu_
 
  private:
   // What O_DIRECT demands when min_block > 1.
