@@ -72,6 +72,9 @@ std::optional<block::FileRange> Qcow2Image::file_range(uint64_t offset, uint64_t
     } else {
       host = first_host + (offset & (cs - 1));
       pin = pins_.emplace(pins_.end(), first_host, first_host + ((last - first + 1) << cb));
+      const uint64_t end = (first_host >> cb) + (last - first + 1);
+      if (sent_.size() < end) sent_.resize(end);
+      std::fill(sent_.begin() + std::ptrdiff_t(first_host >> cb), sent_.begin() + std::ptrdiff_t(end), true);
     }
   }
   if (backing) {

@@ -1216,8 +1216,13 @@ Task<std::error_code> Qcow2Image::block_status(uint64_t offset, uint64_t length,
 // ---------------------------------------------------------------- write-back
 
 void Qcow2Image::release_locked(uint64_t host) {
-  if (auto ec = refcounts_->release(host))
+  const uint64_t c = host >> header_.cluster_bits;
+  const bool sent = c < sent_.size() && sent_[c];
+  if (auto ec = sent ? refcounts_->retire(host) : refcounts_->release(host)) {
     FLEECE_LOG_ERROR("qcow2", "freeing qcow2 cluster at {}: refcount already 0", host);
+  } else if (sent) {
+    to_punch_.push_back(host);
+  }
 }
 
 void Qcow2Image::mark_all_dirty_locked() {
@@ -1304,7 +1309,8 @@ Task<std::error_code> Qcow2Image::flush_metadata() {
       co_return ec;
     }
     // The references to these clusters are gone on disk: they may be
-    // reused, once no file range is sending them.
+    // reused, once no file range is sending them (those file ranges were
+    // made of are retired instead: see release_locked()).
     for (uint64_t h : frees) {
       if (pinned_locked(h))
         pinned_frees_.push_back(h);
@@ -1314,6 +1320,13 @@ Task<std::error_code> Qcow2Image::flush_metadata() {
     l2_.trim();  // what was written back may go now
     if (frees.empty() && round == 0) break;
   }
+  std::vector<uint64_t> punch;
+  {
+    std::lock_guard lk(mu_);
+    punch = std::exchange(to_punch_, {});
+  }
+  // Advisory: a file system that cannot punch holes keeps the bytes.
+  for (uint64_t h : punch) (void)co_await file_->trim(h, header_.cluster_size(), {});
   co_return std::error_code{};
 }
 

@@ -43,8 +43,13 @@
 // read(), it takes the guest clusters' range lock shared, but without
 // waiting (none while a write holds or waits for them), and it pins the
 // host clusters until the range's keep is dropped: a cluster zeroed in the
-// meantime is freed, and so reused for other data, only after that. A
-// later write in place may still change the bytes (the Device contract).
+// meantime is freed only after that. A host cluster it has handed out is
+// never reused for other data while the image is open: once freed, its
+// bytes are punched out and it is retired (refcount 0, off the free list),
+// because a socket may keep its page-cache pages for as long as the peer
+// does not read them (sendfile is zero copy), and a reused cluster would
+// put another offset's data there. A later write in place may still change
+// the bytes (the Device contract).
 //
 // L2 cache: L2 tables of an opened image are cached up to
 // Qcow2OpenOptions::l2_cache_bytes, least recently used clean
@@ -276,7 +281,8 @@ class Qcow2Image final : public block::Device,
   bool pinned_locked(uint64_t host) const;
   // Drops a pin and frees the clusters it alone was holding back.
   void unpin(HostPins::iterator pin);
-  // Under mu_: the refcount of a host cluster no reference is left to drops.
+  // Under mu_: the refcount of a host cluster no reference is left to drops
+  // (one file_range() handed out is retired and queued in to_punch_).
   void release_locked(uint64_t host);
   // The L2 table for l1_index, allocating a new one if needed.
   block::Task<Result<Qcow2L2Cache::Table>> l2_for_update(uint64_t l1_index);
@@ -318,6 +324,8 @@ class Qcow2Image final : public block::Device,
   std::vector<uint64_t> free_after_flush_;  // host clusters dropped from L2
   mutable HostPins pins_;                   // host bytes being sent by file ranges
   std::vector<uint64_t> pinned_frees_;      // free on disk, released when unpinned
+  mutable std::vector<bool> sent_;          // host clusters file_range() handed out
+  std::vector<uint64_t> to_punch_;          // retired clusters whose bytes go back
   uint64_t data_clusters_ = 0;
   uint64_t data_subclusters_ = 0;  // extended L2: allocated subclusters
   uint64_t file_size_ = 0;  // the file's size at open, for bounds checks

@@ -198,6 +198,13 @@ std::error_code Qcow2Refcounts::release(uint64_t offset) {
   return set(offset, v - 1);
 }
 
+std::error_code Qcow2Refcounts::retire(uint64_t offset) {
+  if (auto ec = release(offset)) return ec;
+  const uint64_t c = offset >> cluster_bits_;
+  if (get(offset) == 0 && !free_.empty() && free_.back() == c) free_.pop_back();  // release pushed it
+  return {};
+}
+
 Qcow2Refcounts::Writes Qcow2Refcounts::take_writes(std::size_t align) {
   Writes w;
   for (auto& b : blocks_)

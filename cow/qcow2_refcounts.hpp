@@ -62,6 +62,9 @@ class Qcow2Refcounts {
   Result<uint64_t> alloc_contiguous(uint64_t n);
   // Decrements; a cluster reaching 0 goes on the free list.
   std::error_code release(uint64_t cluster);
+  // The same, but a cluster reaching 0 is not handed out again while the
+  // image is open (alloc() takes new clusters past it instead).
+  std::error_code retire(uint64_t cluster);
 
   // Dirty metadata for the flush: blocks, then table ranges.
   struct Writes {
