@@ -1325,8 +1325,16 @@ Task<std::error_code> Qcow2Image::flush_metadata() {
     std::lock_guard lk(mu_);
     punch = std::exchange(to_punch_, {});
   }
+  // One punch per run of adjacent clusters (a large discard frees many).
   // Advisory: a file system that cannot punch holes keeps the bytes.
-  for (uint64_t h : punch) (void)co_await file_->trim(h, header_.cluster_size(), {});
+  std::sort(punch.begin(), punch.end());
+  const uint64_t cs = header_.cluster_size();
+  for (size_t i = 0; i < punch.size();) {
+    size_t j = i + 1;
+    while (j < punch.size() && punch[j] == punch[j - 1] + cs) ++j;
+    (void)co_await file_->trim(punch[i], (j - i) * cs, {});
+    i = j;
+  }
   co_return std::error_code{};
 }
 

@@ -226,6 +226,31 @@ TEST_CASE("qcow2 file_range: a cluster once sent is never reused for other data,
   check_qemu_img(path);
 }
 
+TEST_CASE("qcow2 file_range: a run of sent clusters freed together is punched whole") {
+  if (!have_cachestat()) return;
+  TempDir dir;
+  const std::string path = dir.file("img.qcow2");
+  auto img = create_on_file(path, {.virtual_size = 8 * kMiB});
+  const uint32_t cs = img->cluster_size();
+  for (uint64_t g = 0; g < 4; ++g) REQUIRE(!run(img->write_cluster(g, pattern(cs, 10 + g))));
+  REQUIRE(!run(img->flush()));
+  auto m = run(img->map_cluster(0));
+  REQUIRE(m.has_value());
+  const uint64_t host = m->host_offset;
+  auto r = img->file_range(0, 4 * cs);
+  REQUIRE(r);
+  CHECK(r->offset == host);
+  r.reset();
+  for (uint64_t g = 0; g < 4; ++g) REQUIRE(!run(img->discard_cluster(g)));
+  REQUIRE(!run(img->flush()));
+  for (uint64_t g = 0; g < 4; ++g) CHECK(img->refcount(host + g * cs) == 0);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  CHECK(pread_range(block::FileRange{fd, host, nullptr}, 4 * cs) == filled(4 * cs, 0));
+  ::close(fd);
+  check_qemu_img(path);
+}
+
 TEST_CASE("Qcow2RangeLock::try_lock grants only what lock() would grant at once") {
   Qcow2RangeLock lock;
   {
