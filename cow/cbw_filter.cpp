@@ -21,6 +21,11 @@ namespace fleece::cow {
 namespace asio = boost::asio;
 using block::Task;
 
+namespace {
+constexpr bool kShared = true;
+constexpr bool kExclusive = false;
+}  // namespace
+
 struct CbwFilter::Snapshot {
   SnapshotId id = 0;
   std::shared_ptr<ClusterStore> store;
@@ -406,7 +411,7 @@ Task<std::error_code> CbwFilter::preserve_cluster(uint64_t cluster) {
   // The exclusive lock waits for frozen reads of this cluster and keeps
   // every other writer, discard and store removal off it until the holds
   // bits say where the old data lives.
-  auto guard = co_await locks_.lock_exclusive(cluster);
+  auto guard = co_await locks_.lock(cluster, cluster, kExclusive);
   for (int attempt = 0; attempt < 16; ++attempt) {
     CopyPlan plan;
     {
@@ -542,7 +547,7 @@ Task<Result<SnapshotId>> CbwFilter::add_snapshot(Prepared&& prepared) {
   const std::shared_ptr<ClusterStore>& store = snap->store;
   if (!store || store->size() != size_ || store->cluster_size() == 0)
     co_return std::make_error_code(std::errc::invalid_argument);
-  auto admin = co_await admin_.lock_exclusive(0);
+  auto admin = co_await admin_.lock(0, 0, kExclusive);
   const uint32_t cs = store->cluster_size();
   const uint64_t count = store->cluster_count();
   // The full check is O(clusters) and runs before the gate closes
@@ -579,7 +584,7 @@ Task<std::error_code> CbwFilter::remove_snapshot(SnapshotId id) {
   std::shared_ptr<Snapshot> snap;
   uint64_t clusters = 0;
   {
-    auto admin = co_await admin_.lock_exclusive(0);
+    auto admin = co_await admin_.lock(0, 0, kExclusive);
     std::lock_guard lk(mutex_);
     snap = find_exported(id);
     if (!snap) co_return std::make_error_code(std::errc::no_such_device);
@@ -596,7 +601,7 @@ Task<std::error_code> CbwFilter::remove_snapshot(SnapshotId id) {
 }
 
 Task<void> CbwFilter::reap_zombies() {
-  auto admin = co_await admin_.lock_exclusive(0);
+  auto admin = co_await admin_.lock(0, 0, kExclusive);
   for (;;) {
     std::shared_ptr<Snapshot> zombie, pred;
     std::shared_ptr<ClusterStore> next;
@@ -631,7 +636,7 @@ Task<void> CbwFilter::reap_zombies() {
     // St_{i-1}'s qcow2 view must not fall through to newer data where the
     // removed store used to answer.
     for (uint64_t c : to_zero) {
-      auto guard = co_await locks_.lock_exclusive(c);
+      auto guard = co_await locks_.lock(c, c, kExclusive);
       {
         std::lock_guard lk(mutex_);
         if (!index_of(pred.get()) || pred->holds[c]) continue;
@@ -672,11 +677,10 @@ Task<std::error_code> CbwFilter::read_frozen(SnapshotId id, uint64_t offset,
   const uint64_t first = offset / cs;
   const uint64_t last = (offset + out.size() - 1) / cs;
 
-  // Shared locks, ascending: a cluster read from D cannot be overwritten
-  // (its copy waits), and a discard waits for this read before freeing.
-  std::vector<ClusterLockTable::Guard> guards;
-  guards.reserve(last - first + 1);
-  co_await locks_.lock_shared_range(first, last, &guards);
+  // One shared lock over the units read: a unit read from D cannot be
+  // overwritten (its copy waits), and a discard waits for this read before
+  // freeing.
+  auto guard = co_await locks_.lock(first, last, kShared);
 
   struct Piece {
     uint64_t offset;
@@ -778,7 +782,7 @@ Task<void> CbwFilter::release_cluster(const std::shared_ptr<Snapshot>& snap, uin
   {
     // (2) Wait for reads that started before needs was cleared; keep copies
     // off C meanwhile.
-    auto guard = co_await locks_.lock_exclusive(c);
+    auto guard = co_await locks_.lock(c, c, kExclusive);
     std::shared_ptr<Snapshot> owner;
     {
       std::lock_guard lk(mutex_);
@@ -817,15 +821,13 @@ Task<std::error_code> CbwFilter::block_status_frozen(SnapshotId id, uint64_t off
     cs = cluster_size_;
   }
   if (offset >= size_ || length == 0) co_return std::make_error_code(std::errc::invalid_argument);
-  // Bounded work per call (every unit is locked): callers continue from
-  // where the extents stop.
+  // Bounded work per call (every unit's bits are looked at): callers
+  // continue from where the extents stop.
   constexpr uint64_t kMaxUnits = 1 << 16;
   length = std::min({length, size_ - offset, kMaxUnits * cs - offset % cs});
   const uint64_t first = offset / cs;
   const uint64_t last = (offset + length - 1) / cs;
-  std::vector<ClusterLockTable::Guard> guards;
-  guards.reserve(last - first + 1);
-  co_await locks_.lock_shared_range(first, last, &guards);
+  auto guard = co_await locks_.lock(first, last, kShared);
 
   struct Run {
     uint64_t offset, length;

@@ -43,15 +43,18 @@
 //
 // Threading: any method may be called from any thread and executor; a
 // std::mutex guards the bitmaps and the chain and is never held across an
-// await. Cluster locks are the only locks held across I/O.
+// await. Cluster locks are the only locks held across I/O: one RangeLock
+// over the copy units, a frozen read or block status locking its whole span
+// shared as one range, a copy or a release locking its one unit exclusively
+// (never waiting while holding it, so no cycle can form).
 //
 // Lifetime: owned by a shared_ptr; a copy that outlived its writer's
 // cbw-timeout keeps running and keeps the filter alive.
 #pragma once
 
 #include "block/device.hpp"
-#include "cow/cluster_lock.hpp"
 #include "cow/cluster_store.hpp"
+#include "cow/range_lock.hpp"
 #include "cow/write_gate.hpp"
 #include "util/result.hpp"
 
@@ -218,8 +221,8 @@ class CbwFilter final : public block::Device, public std::enable_shared_from_thi
   const CbwFilterOptions options_;
   const uint64_t size_;
   WriteGate gate_;
-  ClusterLockTable locks_;
-  ClusterLockTable admin_;  // key 0: serializes add/remove/reap of stores
+  RangeLock locks_;  // over copy units
+  RangeLock admin_;  // [0, 0] exclusive: serializes add/remove/reap of stores
 
   mutable std::mutex mutex_;
   std::vector<std::shared_ptr<Snapshot>> chain_;  // oldest first, zombies included

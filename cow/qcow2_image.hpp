@@ -84,8 +84,8 @@
 #include "cow/qcow2_header.hpp"
 #include "cow/qcow2_l2_cache.hpp"
 #include "cow/qcow2_meta_table.hpp"
-#include "cow/qcow2_range_lock.hpp"
 #include "cow/qcow2_refcounts.hpp"
+#include "cow/range_lock.hpp"
 #include "util/result.hpp"
 
 #include <list>
@@ -330,8 +330,8 @@ class Qcow2Image final : public block::Device,
   uint64_t data_subclusters_ = 0;  // extended L2: allocated subclusters
   uint64_t file_size_ = 0;  // the file's size at open, for bounds checks
 
-  mutable Qcow2RangeLock clusters_;  // guest clusters (file_range() too)
-  Qcow2RangeLock flush_mutex_;  // one metadata write-back at a time
+  mutable RangeLock clusters_;  // guest clusters (file_range() too)
+  RangeLock flush_mutex_;  // one metadata write-back at a time
 };
 
 }  // namespace fleece::cow

@@ -1,5 +1,6 @@
-// ClusterLockTable and WriteGate: ownership, fairness, draining.
-#include "cow/cluster_lock.hpp"
+// RangeLock (as copy-before-write uses it) and WriteGate: ownership,
+// fairness, draining.
+#include "cow/range_lock.hpp"
 #include "cow/write_gate.hpp"
 #include "tests/unit/cow/cbw_test_support.hpp"
 
@@ -16,17 +17,22 @@ using namespace fleece;
 using namespace fleece::cbwtest;
 using std::chrono::microseconds;
 
+namespace {
+constexpr bool kShared = true;
+constexpr bool kExclusive = false;
+}  // namespace
+
 TEST_CASE("cluster lock: shared holders exclude a writer, which then excludes readers") {
-  cow::ClusterLockTable locks;
+  cow::RangeLock locks;
   std::string trace;
   Latch writer_may_finish;
   run([&]() -> Task<void> {
     auto ex = co_await asio::this_coro::executor;
-    auto r1 = co_await locks.lock_shared(7);
-    auto r2 = co_await locks.lock_shared(7);  // shared: no wait
+    auto r1 = co_await locks.lock(7, 7, kShared);
+    auto r2 = co_await locks.lock(7, 7, kShared);  // shared: no wait
     CHECK(locks.shared_holders(7) == 2);
     asio::co_spawn(ex, [&]() -> Task<void> {
-      auto w = co_await locks.lock_exclusive(7);
+      auto w = co_await locks.lock(7, 7, kExclusive);
       trace += "W";
       co_await writer_may_finish.wait();
       trace += "w";
@@ -34,7 +40,7 @@ TEST_CASE("cluster lock: shared holders exclude a writer, which then excludes re
     co_await settle();
     // A reader arriving after the queued writer waits behind it (fairness).
     asio::co_spawn(ex, [&]() -> Task<void> {
-      auto r = co_await locks.lock_shared(7);
+      auto r = co_await locks.lock(7, 7, kShared);
       trace += "R";
     }, asio::detached);
     co_await settle();
@@ -49,15 +55,71 @@ TEST_CASE("cluster lock: shared holders exclude a writer, which then excludes re
     co_await settle();
     CHECK(trace == "WwR");
     // Other clusters are independent.
-    auto a = co_await locks.lock_exclusive(1);
-    auto b = co_await locks.lock_exclusive(2);
-    CHECK(locks.active_entries() == 2);
+    auto a = co_await locks.lock(1, 1, kExclusive);
+    auto b = co_await locks.lock(2, 2, kExclusive);
+    CHECK(locks.held_count() == 2);
   });
-  CHECK(locks.active_entries() == 0);
+  CHECK(locks.held_count() == 0);
+}
+
+TEST_CASE("cluster lock: a shared range is one entry, taken whole; writers outside it pass") {
+  cow::RangeLock locks;
+  std::string trace;
+  Latch writer_may_finish;
+  run([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto reader = co_await locks.lock(0, 511, kShared);  // a 2 MiB read of 4 KiB units
+    CHECK(locks.held_count() == 1);
+    CHECK(locks.shared_holders(0) == 1);
+    CHECK(locks.shared_holders(511) == 1);
+    CHECK(locks.shared_holders(512) == 0);
+    auto outside = co_await locks.lock(512, 512, kExclusive);  // no overlap: no wait
+    outside.release();
+    // A writer on a unit inside the range waits for the reader.
+    asio::co_spawn(ex, [&]() -> Task<void> {
+      auto w = co_await locks.lock(300, 300, kExclusive);
+      trace += "W";
+      co_await writer_may_finish.wait();
+      trace += "w";
+    }, asio::detached);
+    co_await settle();
+    CHECK(trace.empty());
+    // A second reader over the writer's unit queues behind it (fairness).
+    asio::co_spawn(ex, [&]() -> Task<void> {
+      auto r = co_await locks.lock(0, 300, kShared);
+      trace += "R";
+    }, asio::detached);
+    co_await settle();
+    CHECK(locks.waiter_count() == 2);
+    std::vector<uint64_t> active;
+    locks.active_in(298, 303, &active);
+    CHECK(active == std::vector<uint64_t>{298, 299, 300, 301, 302});
+    active.clear();
+    locks.active_in(600, 700, &active);
+    CHECK(active.empty());
+    reader.release();
+    co_await settle();
+    CHECK(trace == "W");
+    // A writer on unit 0, free now, still waits behind the queued reader
+    // of [0, 300] it conflicts with, rather than overtake it.
+    bool zero_done = false;
+    asio::co_spawn(ex, [&]() -> Task<void> {
+      auto z = co_await locks.lock(0, 0, kExclusive);
+      zero_done = true;
+    }, asio::detached);
+    co_await settle();
+    CHECK_FALSE(zero_done);
+    writer_may_finish.open();
+    co_await settle();
+    CHECK(trace == "WwR");
+    CHECK(zero_done);
+  });
+  CHECK(locks.held_count() == 0);
+  CHECK(locks.waiter_count() == 0);
 }
 
 TEST_CASE("cluster lock: many coroutines on two threads never overlap an exclusive holder") {
-  cow::ClusterLockTable locks;
+  cow::RangeLock locks;
   asio::io_context io;
   std::atomic<int> inside{0}, readers{0};
   std::atomic<bool> overlap{false};
@@ -67,12 +129,12 @@ TEST_CASE("cluster lock: many coroutines on two threads never overlap an exclusi
       for (int k = 0; k < 50; ++k) {
         uint64_t c = (i + k) % 3;
         if ((i + k) % 4 == 0) {
-          auto g = co_await locks.lock_exclusive(c);
+          auto g = co_await locks.lock(c, c, kExclusive);
           if (c == 0 && (inside.fetch_add(1) != 0 || readers.load() != 0)) overlap = true;
           co_await sleep_for(microseconds(5));
           if (c == 0) inside.fetch_sub(1);
         } else {
-          auto g = co_await locks.lock_shared(c);
+          auto g = co_await locks.lock(c, c, kShared);
           if (c == 0) {
             readers.fetch_add(1);
             if (inside.load() != 0) overlap = true;
@@ -89,7 +151,7 @@ TEST_CASE("cluster lock: many coroutines on two threads never overlap an exclusi
   t.join();
   CHECK(done == 64);
   CHECK_FALSE(overlap.load());
-  CHECK(locks.active_entries() == 0);
+  CHECK(locks.held_count() == 0);
 }
 
 TEST_CASE("write gate: in-flight writers drain before close completes; new ones wait") {

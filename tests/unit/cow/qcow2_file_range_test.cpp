@@ -251,8 +251,8 @@ TEST_CASE("qcow2 file_range: a run of sent clusters freed together is punched wh
   check_qemu_img(path);
 }
 
-TEST_CASE("Qcow2RangeLock::try_lock grants only what lock() would grant at once") {
-  Qcow2RangeLock lock;
+TEST_CASE("RangeLock::try_lock grants only what lock() would grant at once") {
+  RangeLock lock;
   {
     auto shared = lock.try_lock(0, 9, true);
     REQUIRE(shared);
