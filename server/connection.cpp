@@ -10,6 +10,7 @@
 #include "tls/upgradable_stream.hpp"
 #include "util/errors.hpp"
 #include "util/log.hpp"
+#include "util/transfer_unbounded.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -49,16 +50,6 @@ constexpr size_t kMaxIov = 512;                 // pieces per gathered write (IO
 constexpr size_t kKeepBufferMax = 4u << 20;     // larger job buffers are not kept for reuse
 
 inline auto redirect(error_code& ec) { return asio::redirect_error(asio::use_awaitable, ec); }
-
-// Completion condition for async_write/async_read of large buffers: Asio's
-// transfer_all lets each write_some/read_some move at most 64 KiB, so a
-// 256 KiB READ reply took four sendmsg calls and four turns of the loop.
-// This one lets the kernel take as much as it will in one call.
-struct TransferAllUnbounded {
-  std::size_t operator()(const error_code& ec, std::size_t) const {
-    return ec ? 0 : std::numeric_limits<std::size_t>::max();
-  }
-};
 
 // A 4096-aligned buffer that grows and is reused (O_DIRECT needs alignment).
 struct AlignedBuffer {

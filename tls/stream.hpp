@@ -17,6 +17,7 @@
 #pragma once
 
 #include "tls/record_session.hpp"
+#include "util/transfer_unbounded.hpp"
 
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/compose.hpp>
@@ -206,7 +207,8 @@ class Stream {
         return boost::asio::post(std::move(self));
       }
       state = State::sending;
-      boost::asio::async_write(s->next_, boost::asio::buffer(s->sending_), std::move(self));
+      boost::asio::async_write(s->next_, boost::asio::buffer(s->sending_), TransferAllUnbounded{},
+                               std::move(self));
     }
   };
 
@@ -220,7 +222,8 @@ class Stream {
       sent = true;
       s->session_.close_notify();
       s->session_.take_output(s->sending_);
-      boost::asio::async_write(s->next_, boost::asio::buffer(s->sending_), std::move(self));
+      boost::asio::async_write(s->next_, boost::asio::buffer(s->sending_), TransferAllUnbounded{},
+                               std::move(self));
     }
   };
 
@@ -244,7 +247,8 @@ class Stream {
       if (s->session_.has_output()) {  // our flight, or an alert
         s->session_.take_output(s->sending_);
         state = State::sending;
-        boost::asio::async_write(s->next_, boost::asio::buffer(s->sending_), std::move(self));
+        boost::asio::async_write(s->next_, boost::asio::buffer(s->sending_), TransferAllUnbounded{},
+                               std::move(self));
         return;
       }
       next(self);
