@@ -10,6 +10,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <array>
 #include <string>
 #include <thread>
 
@@ -152,6 +153,48 @@ TEST_CASE("cluster lock: many coroutines on two threads never overlap an exclusi
   CHECK(done == 64);
   CHECK_FALSE(overlap.load());
   CHECK(locks.held_count() == 0);
+}
+
+TEST_CASE("cluster lock: random shared ranges and exclusive units on two threads never overlap") {
+  // Per unit: writers inside (must stay 0 or 1, and 0 while readers are).
+  constexpr uint64_t kUnits = 32;
+  cow::RangeLock locks;
+  asio::io_context io;
+  std::array<std::atomic<int>, kUnits> writers{}, readers{};
+  std::atomic<bool> overlap{false};
+  std::atomic<int> done{0};
+  for (int i = 0; i < 48; ++i) {
+    asio::co_spawn(io, [&, i]() -> Task<void> {
+      uint64_t state = 0x9e3779b97f4a7c15ull * (i + 1);
+      auto next = [&] { state ^= state << 13; state ^= state >> 7; state ^= state << 17; return state; };
+      for (int k = 0; k < 200; ++k) {
+        if (next() % 3 == 0) {
+          const uint64_t c = next() % kUnits;
+          auto g = co_await locks.lock(c, c, kExclusive);
+          if (writers[c].fetch_add(1) != 0 || readers[c].load() != 0) overlap = true;
+          co_await sleep_for(microseconds(next() % 4));
+          writers[c].fetch_sub(1);
+        } else {
+          const uint64_t a = next() % kUnits, b = std::min(kUnits - 1, a + next() % 12);
+          auto g = co_await locks.lock(a, b, kShared);
+          for (uint64_t c = a; c <= b; ++c) {
+            readers[c].fetch_add(1);
+            if (writers[c].load() != 0) overlap = true;
+          }
+          co_await sleep_for(microseconds(next() % 4));
+          for (uint64_t c = a; c <= b; ++c) readers[c].fetch_sub(1);
+        }
+      }
+      ++done;
+    }, asio::detached);
+  }
+  std::thread t([&] { io.run(); });
+  io.run();
+  t.join();
+  CHECK(done == 48);
+  CHECK_FALSE(overlap.load());
+  CHECK(locks.held_count() == 0);
+  CHECK(locks.waiter_count() == 0);
 }
 
 TEST_CASE("write gate: in-flight writers drain before close completes; new ones wait") {
