@@ -25,6 +25,7 @@
 #include <sys/sendfile.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -48,6 +49,7 @@ constexpr uint32_t kHoleProbeMin = 64 * 1024;   // smaller READs always send dat
 constexpr uint32_t kSendFileMin = 32 * 1024;
 constexpr size_t kMaxIov = 512;                 // pieces per gathered write (IOV_MAX is 1024)
 constexpr size_t kKeepBufferMax = 4u << 20;     // larger job buffers are not kept for reuse
+constexpr auto kCloseNotifyTimeout = std::chrono::seconds(2);  // for a client that stopped reading
 
 inline auto redirect(error_code& ec) { return asio::redirect_error(asio::use_awaitable, ec); }
 
@@ -188,11 +190,25 @@ class Connection final : public ConnectionHandle,
       negotiating_ = false;
       handshake_timer_.cancel();
       if (ok && !closed_) co_await transmit();
+      if (!closed_ && stream_.is_tls()) co_await send_close_notify();
     } catch (const std::exception& e) {
       FLEECE_LOG_ERROR("nbd", "{}: connection failed: {}", peer_, e.what());
     }
     close_now();
     if (on_finished_) on_finished_();
+  }
+
+  // RFC 8446, 6.1: our close_notify before we close, so the client can tell
+  // the end of the session from a cut connection. Bounded: a client that
+  // stopped reading does not keep the connection open.
+  awaitable<void> send_close_notify() {
+    handshake_timer_.expires_after(kCloseNotifyTimeout);
+    handshake_timer_.async_wait([weak = this->weak_from_this()](error_code ec) {
+      if (auto s = weak.lock(); s && !ec) s->close_now();
+    });
+    error_code ec;
+    co_await stream_.tls()->async_shutdown(redirect(ec));
+    handshake_timer_.cancel();
   }
 
   void close_now() {

@@ -82,6 +82,9 @@ if qemu-img info --object "tls-creds-x509,id=tls0,dir=$PKI/server-rogue,endpoint
 fi
 grep -q 'known issuer' "$T/qrogue" || fail "unexpected qemu-img error: $(cat "$T/qrogue")"
 
+log "the TLS session ends with close_notify after NBD_CMD_DISC"
+$PY "$HERE/tls/close_notify.py" "$SOCK" disk "$PKI/client" "$T/disk.raw" || fail "no close_notify at the end of the session"
+
 log "hostile clients are dropped while a good one is served"
 nbdcopy "$UNIX_URI" "$T/during.raw" &
 COPY=$!
