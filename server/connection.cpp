@@ -200,7 +200,8 @@ class Connection final : public ConnectionHandle,
 
   // RFC 8446, 6.1: our close_notify before we close, so the client can tell
   // the end of the session from a cut connection. Bounded: a client that
-  // stopped reading does not keep the connection open.
+  // stopped reading does not keep the connection open (the handshake timer
+  // is idle once negotiation is over, so it bounds this too).
   awaitable<void> send_close_notify() {
     handshake_timer_.expires_after(kCloseNotifyTimeout);
     handshake_timer_.async_wait([weak = this->weak_from_this()](error_code ec) {
