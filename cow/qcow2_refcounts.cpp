@@ -152,6 +152,10 @@ std::error_code Qcow2Refcounts::ensure_block(uint64_t index) {
 }
 
 std::error_code Qcow2Refcounts::set(uint64_t offset, uint64_t value) {
+  return set_value(offset, value, true);
+}
+
+std::error_code Qcow2Refcounts::set_value(uint64_t offset, uint64_t value, bool reusable) {
   if (value > max_refcount_) return make_error_code(Errc::corrupt_image);
   const uint64_t c = offset >> cluster_bits_;
   if (c >= cursor_) {
@@ -166,7 +170,7 @@ std::error_code Qcow2Refcounts::set(uint64_t offset, uint64_t value) {
   if (old == 0 && value != 0) ++allocated_;
   if (old != 0 && value == 0) {
     --allocated_;
-    free_.push_back(c);
+    if (reusable) free_.push_back(c);
   }
   return {};
 }
@@ -192,17 +196,14 @@ Result<uint64_t> Qcow2Refcounts::alloc_contiguous(uint64_t n) {
   return start << cluster_bits_;
 }
 
-std::error_code Qcow2Refcounts::release(uint64_t offset) {
+std::error_code Qcow2Refcounts::release(uint64_t offset) { return decrement(offset, true); }
+
+std::error_code Qcow2Refcounts::retire(uint64_t offset) { return decrement(offset, false); }
+
+std::error_code Qcow2Refcounts::decrement(uint64_t offset, bool reusable) {
   const uint64_t v = get(offset);
   if (v == 0) return make_error_code(Errc::corrupt_image);  // double free
-  return set(offset, v - 1);
-}
-
-std::error_code Qcow2Refcounts::retire(uint64_t offset) {
-  if (auto ec = release(offset)) return ec;
-  const uint64_t c = offset >> cluster_bits_;
-  if (get(offset) == 0 && !free_.empty() && free_.back() == c) free_.pop_back();  // release pushed it
-  return {};
+  return set_value(offset, v - 1, reusable);
 }
 
 Qcow2Refcounts::Writes Qcow2Refcounts::take_writes(std::size_t align) {

@@ -79,6 +79,9 @@ class Qcow2Refcounts {
   void mark_all_dirty();
 
  private:
+  // set(); a cluster reaching 0 goes on the free list only when reusable.
+  std::error_code set_value(uint64_t cluster, uint64_t value, bool reusable);
+  std::error_code decrement(uint64_t cluster, bool reusable);
   std::error_code ensure_block(uint64_t index);
   std::error_code grow_table(uint64_t min_entries);
   uint64_t get_in(const Qcow2MetaTable& b, uint64_t i) const;
