@@ -86,18 +86,12 @@ void RangeLock::release(uint64_t id) {
 }
 
 void RangeLock::active_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const {
-  const size_t start = out->size();
-  {
-    std::lock_guard g(mu_);
-    auto add = [&](const Range& r) {
-      for (uint64_t x = std::max(from, r.first); x < to && x <= r.last; ++x) out->push_back(x);
-    };
-    for (const auto& h : held_) add(h);
-    for (const auto& w : waiters_) add(w.range);
-  }
-  std::sort(out->begin() + static_cast<std::ptrdiff_t>(start), out->end());
-  out->erase(std::unique(out->begin() + static_cast<std::ptrdiff_t>(start), out->end()),
-             out->end());
+  std::lock_guard g(mu_);
+  auto add = [&](const Range& r) {
+    for (uint64_t x = std::max(from, r.first); x < to && x <= r.last; ++x) out->push_back(x);
+  };
+  for (const auto& h : held_) add(h);
+  for (const auto& w : waiters_) add(w.range);
 }
 
 std::size_t RangeLock::held_count() const {

@@ -68,8 +68,8 @@ class RangeLock {
   boost::asio::awaitable<Guard> lock(uint64_t first, uint64_t last, bool shared);
   std::optional<Guard> try_lock(uint64_t first, uint64_t last, bool shared);
 
-  // Appends the integers in [from, to) that are held or waited on now
-  // (ascending, no repeats).
+  // Appends the integers in [from, to) that are held or waited on now, in
+  // no order and possibly repeated (overlapping ranges).
   void active_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const;
   // For tests and statistics.
   std::size_t held_count() const;
