@@ -1,6 +1,7 @@
 #include "tls/credentials.hpp"
 
 #include "tls/openssl_util.hpp"
+#include "tls/record_session.hpp"
 #include "tls/x509_files.hpp"
 #include "util/log.hpp"
 
@@ -140,11 +141,13 @@ void Credentials::configure_protocol() {
   SSL_CTX* ctx = ssl_.native_handle();
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   // No resumption: NBD clients hold one long connection, and tickets would
-  // outlive a reload of the credentials they were issued under.
+  // outlive a reload of the credentials they were issued under. (Were a
+  // ticket sent, RecordSession would leave sealing records to OpenSSL.)
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET |
                                SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  RecordSession::prepare_context(ctx);
   // Required by OpenSSL once client verification meets a PSK "session".
   static constexpr unsigned char kSessionContext[] = "fleece";
   SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof kSessionContext - 1);

@@ -42,8 +42,6 @@ class Stream {
   using executor_type = typename next_layer_type::executor_type;
   using lowest_layer_type = typename next_layer_type::lowest_layer_type;
 
-  // TLS records carry at most 16 KiB of data.
-  static constexpr size_t kRecordSize = 16 * 1024;
   // Plaintext encrypted per write_some: bounds the output buffers (two per
   // connection) while keeping sends large.
   static constexpr size_t kMaxWrite = 256 * 1024;
@@ -122,39 +120,20 @@ class Stream {
     return {total > 0 ? Status::ok : status, total};
   }
 
-  // Encrypts up to kMaxWrite bytes of the pieces. Pieces under a record
-  // share records (a reply header rides with its data and the next
-  // replies); whole records of a large piece are encrypted in place.
-  // Returns the bytes consumed, or nothing on a TLS error.
+  // Encrypts up to kMaxWrite bytes of the pieces. Returns the bytes
+  // consumed, or nothing on a TLS error.
   template <class ConstBuffers>
   std::optional<size_t> encrypt(const ConstBuffers& buffers) {
     size_t consumed = 0;
-    staging_.clear();
+    pieces_.clear();
     for (auto it = boost::asio::buffer_sequence_begin(buffers);
          it != boost::asio::buffer_sequence_end(buffers) && consumed < kMaxWrite; ++it) {
       boost::asio::const_buffer piece(*it);
-      const auto* p = static_cast<const uint8_t*>(piece.data());
-      size_t left = std::min(piece.size(), kMaxWrite - consumed);
-      consumed += left;
-      while (left > 0) {
-        if (staging_.empty() && left >= kRecordSize) {
-          size_t whole = left - left % kRecordSize;
-          if (!session_.encrypt(p, whole)) return std::nullopt;
-          p += whole;
-          left -= whole;
-          continue;
-        }
-        size_t take = std::min(left, kRecordSize - staging_.size());
-        staging_.insert(staging_.end(), p, p + take);
-        p += take;
-        left -= take;
-        if (staging_.size() == kRecordSize) {
-          if (!session_.encrypt(staging_.data(), staging_.size())) return std::nullopt;
-          staging_.clear();
-        }
-      }
+      size_t take = std::min(piece.size(), kMaxWrite - consumed);
+      pieces_.emplace_back(static_cast<const uint8_t*>(piece.data()), take);
+      consumed += take;
     }
-    if (!staging_.empty() && !session_.encrypt(staging_.data(), staging_.size())) return std::nullopt;
+    if (!session_.encrypt(pieces_)) return std::nullopt;
     return consumed;
   }
 
@@ -270,8 +249,8 @@ class Stream {
 
   Next next_;
   RecordSession session_;
-  std::vector<uint8_t> sending_;  // written by one write (or the handshake) at a time
-  std::vector<uint8_t> staging_;  // small pieces gathered into one record
+  ByteBuffer sending_;  // written by one write (or the handshake) at a time
+  std::vector<RecordSession::Piece> pieces_;  // of the write running
 };
 
 }  // namespace fleece::tls
