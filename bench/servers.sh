@@ -17,8 +17,16 @@ find_fleece() {
 # QEMU-layout x509 directory), the server requires TLS with those
 # certificates and verifies client certificates against DIR/ca-cert.pem.
 start_server() {
-  local name=$1 img=$2 sock=$3 tls=()
-  rm -f "$sock"
+  local name=$1 img=$2 sock=$3 tls=() port=
+  # "tcp:PORT" listens on 127.0.0.1:PORT instead of a Unix socket.
+  if [[ $sock == tcp:* ]]; then port=${sock#tcp:}; else rm -f "$sock"; fi
+  local fleece_listen=(--listen unix:"$sock") qemu_listen=(-k "$sock") nbdkit_listen=(-U "$sock")
+  local listening='[[ -S $sock ]]'
+  if [[ -n $port ]]; then
+    fleece_listen=(--listen tcp:127.0.0.1:"$port") qemu_listen=(-b 127.0.0.1 -p "$port")
+    nbdkit_listen=(-i 127.0.0.1 -p "$port")
+    listening='[[ -n $(ss -Hltn "sport = :$port") ]]'
+  fi
   if [[ -n ${TLS_CREDS:-} ]]; then
     case $name in
       fleece) tls=(--tls require --tls-creds "$TLS_CREDS" --tls-verify-peer) ;;
@@ -28,20 +36,20 @@ start_server() {
   fi
   case $name in
     fleece)
-      "$FLEECE" serve --disk d="$img",cache=writeback --listen unix:"$sock" "${tls[@]}" \
+      "$FLEECE" serve --disk d="$img",cache=writeback "${fleece_listen[@]}" "${tls[@]}" \
         --qmp unix:"$WORK/fleece.qmp" --log-level warn ${FLEECE_ARGS:-} >"$WORK/fleece.out" 2>"$WORK/fleece.err" &
       SRV_PID=$!
       wait_for 'grep -qx "fleece: ready" "$WORK/fleece.out"' "fleece" ;;
     qemu-nbd)
       # io_uring when the kernel allows it, else qemu-nbd's thread pool.
-      qemu-nbd -f raw -t -k "$sock" --cache=writeback $QEMU_AIO -e 16 -x d "${tls[@]}" "$img" \
+      qemu-nbd -f raw -t "${qemu_listen[@]}" --cache=writeback $QEMU_AIO -e 16 -x d "${tls[@]}" "$img" \
         2>"$WORK/qemu-nbd.err" &
       SRV_PID=$!
-      wait_for '[[ -S $sock ]]' "qemu-nbd" ;;
+      wait_for "$listening" "qemu-nbd" ;;
     nbdkit)
-      nbdkit -f -U "$sock" -e d "${tls[@]}" file "$img" 2>"$WORK/nbdkit.err" &
+      nbdkit -f "${nbdkit_listen[@]}" -e d "${tls[@]}" file "$img" 2>"$WORK/nbdkit.err" &
       SRV_PID=$!
-      wait_for '[[ -S $sock ]]' "nbdkit" ;;
+      wait_for "$listening" "nbdkit" ;;
   esac
 }
 

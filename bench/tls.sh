@@ -8,9 +8,11 @@
 #   QUICK=1 bench/tls.sh      smoke test: 256 MiB image, 3 s runs, 1 round (< 60 s)
 #   FLEECE=path bench/tls.sh  use this binary instead of building build-bench
 #   SERVERS="fleece qemu-nbd" compare a subset; ROUNDS=N rounds
+#   TRANSPORT=tcp             serve on 127.0.0.1 ports instead of Unix sockets
+#                             (TCP is what TLS crosses a network on)
 #
 # All six servers (three programs, plaintext and TLS) run at once, each on its
-# own Unix socket, and every row is measured on each of them in turn, round
+# own Unix socket (or port), and every row is measured on each of them in turn, round
 # after round, so a change in the machine's load falls on all of them alike;
 # the table gives the median of the rounds and their range.
 # Rows: nbdcopy to null: with 1 and 4 connections; 4 KiB random reads at
@@ -22,6 +24,8 @@ set -euo pipefail
 if [[ -n $QUICK ]]; then SIZE_MIB=256 RUNTIME=3 ROUNDS=${ROUNDS:-1}; else SIZE_MIB=2048 RUNTIME=15 ROUNDS=${ROUNDS:-3}; fi
 SERVERS=${SERVERS:-fleece qemu-nbd nbdkit}
 MODES="plain tls"
+TRANSPORT=${TRANSPORT:-unix}
+[[ $TRANSPORT == unix || $TRANSPORT == tcp ]] || { echo "TRANSPORT is unix or tcp" >&2; exit 2; }
 
 WORK=$(mktemp -d /tmp/fleece-tlsbench.XXXXXX)
 declare -A PID
@@ -46,13 +50,26 @@ make_image
 # uri NAME MODE: the URI of that server; TLS clients present the client
 # certificate of make-pki.sh (CN=backup1) and trust its CA.
 uri() {
-  local sock=$WORK/$1-$2/sock
-  if [[ $2 == tls ]]; then
-    echo "nbds+unix:///d?socket=$sock&tls-certificates=$PKI/client"
+  local sock=$WORK/$1-$2/sock tls=
+  [[ $2 == tls ]] && tls=tls-certificates=$PKI/client
+  if [[ $TRANSPORT == tcp ]]; then
+    echo "nbd${tls:+s}://127.0.0.1:$(port "$1" "$2")/d${tls:+?$tls}"
   else
-    echo "nbd+unix:///d?socket=$sock"
+    echo "nbd${tls:+s}+unix:///d?socket=$sock${tls:+&$tls}"
   fi
 }
+
+# port NAME MODE: a port of its own for each server (TRANSPORT=tcp).
+port() {
+  local i=0 s m
+  for s in $SERVERS; do
+    for m in $MODES; do
+      [[ $s == "$1" && $m == "$2" ]] && { echo $((PORT_BASE + i)); return; }
+      i=$((i + 1))
+    done
+  done
+}
+PORT_BASE=$((20000 + RANDOM % 20000))
 
 # randread_run URI: 4k random reads at qd32; prints "IOPS requests", the
 # requests counting the warm-up second too, as the server's CPU does.
@@ -65,7 +82,9 @@ for server in $SERVERS; do
     mkdir -p "$WORK/$server-$mode"
     creds=
     [[ $mode == tls ]] && creds=$PKI/server
-    WORK=$WORK/$server-$mode TLS_CREDS=$creds start_server "$server" "$IMG" "$WORK/$server-$mode/sock"
+    listen=$WORK/$server-$mode/sock
+    [[ $TRANSPORT == tcp ]] && listen=tcp:$(port "$server" "$mode")
+    WORK=$WORK/$server-$mode TLS_CREDS=$creds start_server "$server" "$IMG" "$listen"
     PID[$server:$mode]=$SRV_PID
     if [[ $mode == tls ]]; then
       c=$(LIBNBD_DEBUG=1 nbdinfo --size "$(uri "$server" tls)" 2>&1 >/dev/null |
@@ -105,7 +124,7 @@ for key in "${!PID[@]}"; do SRV_PID=${PID[$key]} stop_server; unset "PID[$key]";
 
 echo
 echo "fleece $FLEECE (tree $(git -C "$SRC" describe --always --dirty 2>/dev/null || echo '?')), image ${SIZE_MIB} MiB," \
-  "random reads ${RUNTIME} s, $ROUNDS round(s), qemu-nbd $QEMU_AIO, $(nproc) cores, $(date -u +%Y-%m-%d)"
+  "random reads ${RUNTIME} s, $ROUNDS round(s), qemu-nbd $QEMU_AIO, $TRANSPORT sockets, $(nproc) cores, $(date -u +%Y-%m-%d)"
 echo "negotiated ciphers: $CIPHERS"
 echo
 /usr/bin/python3 "$HERE/report.py" "$ROWS"
