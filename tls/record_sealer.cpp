@@ -97,7 +97,6 @@ bool RecordSealer::update_keys() {
   if (!hkdf_expand_label(suite_.digest, secret_, "traffic upd", next)) return false;
   OPENSSL_cleanse(secret_.data(), secret_.size());
   secret_ = std::move(next);
-  ++key_updates_;
   return derive_keys();
 }
 

@@ -57,11 +57,6 @@ class RecordSealer {
   // Moves to the next traffic secret: call after sealing a KeyUpdate.
   bool update_keys();
 
-  // Records sealed under the current key (the next record's sequence number).
-  uint64_t sequence() const { return sequence_; }
-  // Key updates so far, ours and those answered for the peer.
-  uint64_t key_updates() const { return key_updates_; }
-
  private:
   RecordSealer(const Suite& suite, std::span<const uint8_t> secret, uint64_t records_per_key);
   bool derive_keys();
@@ -71,9 +66,8 @@ class RecordSealer {
   evp_cipher_ctx_st* ctx_ = nullptr;
   std::vector<uint8_t> secret_;
   uint8_t iv_[12] = {};
-  uint64_t sequence_ = 0;
+  uint64_t sequence_ = 0;  // records sealed under the current key
   uint64_t records_per_key_;
-  uint64_t key_updates_ = 0;
 };
 
 // HKDF-Expand-Label (RFC 8446 §7.1) with an empty context; `digest` is an

@@ -20,7 +20,7 @@ namespace {
 // arrives in 16 reads); a record is at most 16 KiB + 256 bytes.
 constexpr size_t kInputSize = 128 * 1024;
 constexpr size_t kMinInputSpace = 17 * 1024;
-constexpr size_t kRecordSize = 16 * 1024;
+constexpr size_t kRecordSize = RecordSealer::kMaxRecordData;
 
 constexpr uint8_t kNewSessionTicket = 4;
 constexpr uint8_t kKeyUpdate = 24;
