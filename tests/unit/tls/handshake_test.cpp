@@ -22,14 +22,6 @@ std::string key_of(const std::string& identity, const fs::path& file) {
   return "";
 }
 
-ServerConfig x509(const fs::path& dir, bool verify = false, std::string authz = "") {
-  ServerConfig c;
-  c.creds_dir = dir.string();
-  c.verify_peer = verify;
-  c.authz = std::move(authz);
-  return c;
-}
-
 std::string dir(const char* name) { return (pki() / name).string(); }
 
 bool refused_with(const LoopbackOutcome& o, std::errc e) {

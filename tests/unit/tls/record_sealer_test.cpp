@@ -52,11 +52,7 @@ std::vector<uint8_t> pattern(size_t n, int seed) {
 
 // A RecordSession and an OpenSSL client joined by memory BIOs.
 struct Pair {
-  ServerContext context{[] {
-    ServerConfig config;
-    config.creds_dir = (pki() / "server").string();
-    return config;
-  }()};
+  ServerContext context{x509(pki() / "server")};
   std::shared_ptr<const Credentials> credentials = context.current();
   RecordSession server{*credentials};
   SSL_CTX* client_ctx = SSL_CTX_new(TLS_client_method());

@@ -21,13 +21,6 @@ std::string slurp(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-ServerConfig x509(const fs::path& dir, bool verify = false) {
-  ServerConfig c;
-  c.creds_dir = dir.string();
-  c.verify_peer = verify;
-  return c;
-}
-
 ServerConfig psk(const fs::path& file) {
   ServerConfig c;
   c.psk_file = file.string();

@@ -25,11 +25,7 @@ namespace {
 // A server context with the test PKI's X.509 credentials, and a loopback
 // listener for one connection.
 struct Loopback {
-  ServerContext context{[] {
-    ServerConfig config;
-    config.creds_dir = (pki() / "server").string();
-    return config;
-  }()};
+  ServerContext context{x509(pki() / "server")};
   std::shared_ptr<const Credentials> credentials = context.current();
   asio::io_context io;
   tcp::acceptor acceptor{io, tcp::endpoint(asio::ip::address_v4::loopback(), 0)};

@@ -81,6 +81,14 @@ const fs::path& pki() {
   return dir;
 }
 
+ServerConfig x509(const fs::path& dir, bool verify, std::string authz) {
+  ServerConfig config;
+  config.creds_dir = dir.string();
+  config.verify_peer = verify;
+  config.authz = std::move(authz);
+  return config;
+}
+
 fs::path scratch_dir() {
   static int counter = 0;
   fs::path dir = scratch_root().root / ("s" + std::to_string(++counter));

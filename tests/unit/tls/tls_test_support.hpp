@@ -18,6 +18,9 @@ namespace fleece::tls::test {
 
 // The directory make-pki.sh filled (see the script for what is in it).
 const std::filesystem::path& pki();
+// A server configuration with the X.509 credentials in dir (for example
+// pki() / "server"), client certificates required when verify.
+ServerConfig x509(const std::filesystem::path& dir, bool verify = false, std::string authz = "");
 // A fresh scratch directory, removed at exit.
 std::filesystem::path scratch_dir();
 // Copies pki()/name into a fresh scratch directory and returns it.

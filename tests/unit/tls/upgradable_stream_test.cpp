@@ -21,9 +21,7 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 
 TEST_CASE("upgradable stream: plain phase, STARTTLS, TLS phase with gathered writes") {
-  ServerConfig config;
-  config.creds_dir = (pki() / "server").string();
-  ServerContext context(config);
+  ServerContext context(x509(pki() / "server"));
 
   asio::io_context io;
   tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
@@ -75,9 +73,7 @@ TEST_CASE("upgradable stream: plain phase, STARTTLS, TLS phase with gathered wri
 }
 
 TEST_CASE("upgradable stream: gathered writes of small and large pieces arrive intact under TLS") {
-  ServerConfig config;
-  config.creds_dir = (pki() / "server").string();
-  ServerContext context(config);
+  ServerContext context(x509(pki() / "server"));
 
   // 300 reply-like pieces: 16-byte headers, some followed by data of 1 B .. 1 MiB.
   std::vector<std::vector<unsigned char>> pieces;
