@@ -1,5 +1,7 @@
 #include "cow/cbw_filter.hpp"
 
+#include "cow/unit_bits.hpp"
+
 #include "block/buffer.hpp"
 #include "util/errors.hpp"
 #include "util/log.hpp"
@@ -9,8 +11,10 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <cassert>
@@ -24,14 +28,18 @@ using block::Task;
 namespace {
 constexpr bool kShared = true;
 constexpr bool kExclusive = false;
+
+// Lets the other coroutines on this thread run between slices of a long
+// walk, so that no guest write waits for the whole of it.
+Task<void> yield() { co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable); }
 }  // namespace
 
 struct CbwFilter::Snapshot {
   SnapshotId id = 0;
   std::shared_ptr<ClusterStore> store;
   SnapshotPolicy policy;
-  std::vector<bool> needs;
-  std::vector<bool> holds;
+  UnitBits needs;
+  UnitBits holds;
   bool broken = false;
   std::error_code broken_reason;
   bool exported = true;
@@ -450,7 +458,7 @@ Task<std::error_code> CbwFilter::preserve_cluster(uint64_t cluster) {
       std::lock_guard lk(mutex_);
       // A store removed meanwhile took the copy with it: plan again.
       if (!index_of(plan.target.get())) continue;
-      plan.target->holds[cluster] = true;
+      plan.target->holds.set(cluster);
     }
 
     if (plan.newest) {
@@ -464,7 +472,7 @@ Task<std::error_code> CbwFilter::preserve_cluster(uint64_t cluster) {
         co_return std::error_code{};
       }
       if (!index_of(plan.newest.get())) continue;
-      plan.newest->holds[cluster] = true;
+      plan.newest->holds.set(cluster);
       ++plan.newest->zero_marks;
     }
     co_return std::error_code{};
@@ -589,7 +597,7 @@ Task<std::error_code> CbwFilter::remove_snapshot(SnapshotId id) {
     snap = find_exported(id);
     if (!snap) co_return std::make_error_code(std::errc::no_such_device);
     snap->exported = false;
-    snap->needs.assign(clusters_, false);
+    snap->needs.reset(0, clusters_);
     clusters = clusters_;
     FLEECE_LOG_INFO("cbw", "snapshot {} stopped", id);
   }
@@ -611,9 +619,11 @@ Task<void> CbwFilter::reap_zombies() {
       std::optional<size_t> found;
       for (size_t i = 0; i < chain_.size() && !found; ++i) {
         if (chain_[i]->exported) continue;
+        const UnitBits& holds = chain_[i]->holds;
         bool read_through = false;
-        for (uint64_t c = 0; c < clusters_ && !read_through; ++c)
-          read_through = chain_[i]->holds[c] && store_has_readers(i, c);
+        for (uint64_t c = holds.find(0, clusters_); c < clusters_ && !read_through;
+             c = holds.find(c + 1, clusters_))
+          read_through = store_has_readers(i, c);
         if (!read_through) found = i;
       }
       if (!found) co_return;
@@ -625,9 +635,11 @@ Task<void> CbwFilter::reap_zombies() {
       chain_.erase(chain_.begin() + static_cast<std::ptrdiff_t>(i));
       if (i > 0) pred = chain_[i - 1];
       if (i < chain_.size()) next = chain_[i]->store;
-      if (pred)
-        for (uint64_t c = 0; c < clusters_; ++c)
-          if (zombie->holds[c] && !pred->holds[c]) to_zero.push_back(c);
+      if (pred) {
+        const UnitBits& holds = zombie->holds;
+        for (uint64_t c = holds.find(0, clusters_); c < clusters_; c = holds.find(c + 1, clusters_))
+          if (!pred->holds[c]) to_zero.push_back(c);
+      }
       if (chain_.empty()) {
         cluster_size_ = 0;
         clusters_ = 0;
@@ -647,7 +659,7 @@ Task<void> CbwFilter::reap_zombies() {
         FLEECE_LOG_WARN("cbw", "marking cluster {} zero in {} failed: {}", c,
                         pred->store->path(), ec.message());
       else
-        pred->holds[c] = true;
+        pred->holds.set(c);
     }
     if (pred) {
       const std::string file = next ? next->path() : options_.disk_path;
@@ -740,7 +752,7 @@ Task<std::error_code> CbwFilter::discard_frozen(SnapshotId id, uint64_t offset, 
     if (first >= end) co_return std::error_code{};
     // (1) From now on reads of these clusters fail and writes stop copying
     // them for this snapshot.
-    for (uint64_t c = first; c < end; ++c) snap->needs[c] = false;
+    snap->needs.reset(first, end);
   }
   co_await release_clusters(snap, first, end);
   co_return std::error_code{};
@@ -763,12 +775,15 @@ Task<void> CbwFilter::release_clusters(std::shared_ptr<Snapshot> snap, uint64_t 
       std::lock_guard lk(mutex_);
       size_t i = 0;
       while (i < chain_.size() && chain_[i]->id < snap->id) ++i;
-      for (uint64_t c = from; c < to; ++c)
-        if (first_holder(i, c)) todo.push_back(c);
+      for (size_t j = i; j < chain_.size(); ++j) {
+        const UnitBits& holds = chain_[j]->holds;
+        for (uint64_t c = holds.find(from, to); c < to; c = holds.find(c + 1, to)) todo.push_back(c);
+      }
     }
     std::sort(todo.begin(), todo.end());
     todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
     for (uint64_t c : todo) co_await release_cluster(snap, c);
+    co_await yield();
   }
   bool zombies = false;
   {
