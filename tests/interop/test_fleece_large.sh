@@ -3,14 +3,33 @@
 # starts at once and holds the guest's writes for microseconds: the
 # snapshot's bitmaps are made before the gate closes and a fresh store is
 # seen empty without looking at every unit. Then a write far into the disk
-# is copied aside and the view still reads the old bytes.
+# is copied aside and the view still reads the old bytes. Stopping it walks
+# only the units the store holds, and a guest writing all along is never
+# held up for long by either command.
 . "$(dirname "$0")/lib.sh"
 
 ctl() { timeout 30 "$FLEECE" ctl --qmp "$T/fleece.qmp" "$@"; }
 
 truncate -s 1T "$T/big.img"
 printf 'old!%.0s' $(seq 1024) | dd of="$T/big.img" bs=4096 seek=$((512 << 18)) conv=notrunc status=none
+printf 'g%.0s' $(seq 4096) | dd of="$T/big.img" bs=4096 seek=$((1 << 18)) conv=notrunc status=none
 serve_start --disk d="$T/big.img" --listen unix:"$T/s"
+
+# The guest: 4 KiB writes to one unit at 1 GiB (data before the fleece,
+# so it is copied aside once), one after another until told to stop; it
+# prints its slowest write in ms and how many it made.
+$PY - "$T/s" "$T/guest.stop" >"$T/guest.out" <<'PYEOF' &
+import nbd, os, sys, time
+h = nbd.NBD(); h.connect_uri("nbd+unix:///d?socket=" + sys.argv[1])
+worst, n = 0.0, 0
+while not os.path.exists(sys.argv[2]):
+    t = time.monotonic()
+    h.pwrite(b"g" * 4096, 1 << 30)
+    worst, n = max(worst, time.monotonic() - t), n + 1
+print(round(worst * 1000), n)
+PYEOF
+GUEST=$!
+sleep 0.5
 
 t0=$(date +%s%N)
 out=$(ctl fleece-start id=b devices:='["d"]')
@@ -35,9 +54,20 @@ q=$(ctl query-fleeces)
 $PY - "$q" <<'PYEOF' || fail "query-fleeces: $q"
 import json, sys
 d = json.loads(sys.argv[1])[0]["devices"][0]
-assert d["granularity"] == 4096 and d["preserved-bytes"] == 4096 and d["zero-clusters"] == 1, d
+# the old unit at 512 GiB and the guest's at 1 GiB; the hole next to the first
+assert d["granularity"] == 4096 and d["preserved-bytes"] == 8192 and d["zero-clusters"] == 1, d
 PYEOF
+t0=$(date +%s%N)
 ctl fleece-stop id=b >/dev/null
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+sleep 0.2
+touch "$T/guest.stop"
+wait "$GUEST" || fail "the guest's writes failed"
+read -r worst writes <"$T/guest.out"
+log "fleece-stop of 1 TiB: ${ms} ms; the guest's slowest write ${worst} ms of ${writes}"
+((ms < 1000)) || fail "fleece-stop took ${ms} ms on a 1 TiB disk"
+((worst < 500)) || fail "a guest write waited ${worst} ms during fleece-start/stop"
+((writes > 0)) || fail "the guest wrote nothing"
 assert_server_alive
 serve_stop
 echo "test_fleece_large: ok"
