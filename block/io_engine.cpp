@@ -307,4 +307,8 @@ Task<int64_t> run_blocking(std::function<int64_t()> fn) {
   return detail::run_on_pool(std::move(fn));
 }
 
+void close_in_background(UniqueFd fd) {
+  if (fd) boost::asio::post(detail::io_thread_pool(), [fd = fd.release()] { ::close(fd); });
+}
+
 }  // namespace fleece::block::io

@@ -27,6 +27,7 @@
 #pragma once
 
 #include "block/device.hpp"
+#include "block/unique_fd.hpp"
 #include "util/result.hpp"
 
 #include <sys/uio.h>
@@ -115,5 +116,11 @@ Task<std::error_code> fadvise(int fd, uint64_t offset, uint64_t length, int advi
 // I/O thread pool whatever the backend, and resumes on the caller's
 // executor. fn returns a syscall-style result: >= 0, or -errno.
 Task<int64_t> run_blocking(std::function<int64_t()> fn);
+
+// Closes fd on the I/O thread pool without waiting for it. The last close
+// of an unlinked file frees all its blocks, which takes seconds for a large
+// file on a filesystem mounted with -o discard: not on a thread that
+// serves guests.
+void close_in_background(UniqueFd fd);
 
 }  // namespace fleece::block::io

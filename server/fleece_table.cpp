@@ -1,5 +1,6 @@
 #include "server/fleece_table.hpp"
 
+#include "block/io_engine.hpp"
 #include "block/raw_file.hpp"
 #include "block/unique_fd.hpp"
 #include "cow/backing_chain.hpp"
@@ -87,6 +88,8 @@ class StoreFile final : public cow::ClusterStore {
   ~StoreFile() override {
     store.reset();  // its fd first
     if (::unlink(file_path.c_str()) == 0) FLEECE_LOG_INFO("fleece", "store {} deleted", file_path);
+    // The file's last fd: closing it frees the store's blocks.
+    block::io::close_in_background(std::move(lock));
     if (auto st = table.lock()) {
       std::lock_guard lk(st->mutex);
       st->store_paths.erase(file_path);

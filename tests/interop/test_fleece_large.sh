@@ -13,6 +13,7 @@ ctl() { timeout 30 "$FLEECE" ctl --qmp "$T/fleece.qmp" "$@"; }
 truncate -s 1T "$T/big.img"
 printf 'old!%.0s' $(seq 1024) | dd of="$T/big.img" bs=4096 seek=$((512 << 18)) conv=notrunc status=none
 printf 'g%.0s' $(seq 4096) | dd of="$T/big.img" bs=4096 seek=$((1 << 18)) conv=notrunc status=none
+head -c 256M /dev/urandom | dd of="$T/big.img" bs=1M seek=2048 conv=notrunc status=none
 serve_start --disk d="$T/big.img" --listen unix:"$T/s"
 
 # The guest: 4 KiB writes to one unit at 1 GiB (data before the fleece,
@@ -56,6 +57,21 @@ import json, sys
 d = json.loads(sys.argv[1])[0]["devices"][0]
 # the old unit at 512 GiB and the guest's at 1 GiB; the hole next to the first
 assert d["granularity"] == 4096 and d["preserved-bytes"] == 8192 and d["zero-clusters"] == 1, d
+PYEOF
+# 256 MiB of data at 2 GiB overwritten: the store's file grows by as much,
+# and deleting it at the stop must not hold up the guest either.
+$PY - "$T/s" <<'PYEOF' || fail "overwriting 256 MiB"
+import nbd, sys
+live = nbd.NBD(); live.connect_uri("nbd+unix:///d?socket=" + sys.argv[1])
+for i in range(256):
+    live.pwrite(b"n" * (1 << 20), (2 << 30) + (i << 20))
+live.flush()
+PYEOF
+q=$(ctl query-fleeces)
+$PY - "$q" <<'PYEOF' || fail "query-fleeces after 256 MiB: $q"
+import json, sys
+d = json.loads(sys.argv[1])[0]["devices"][0]
+assert d["preserved-bytes"] == 8192 + (256 << 20), d
 PYEOF
 t0=$(date +%s%N)
 ctl fleece-stop id=b >/dev/null
