@@ -171,9 +171,15 @@ std::error_code DirtyBitmap::merge_from(const DirtyBitmap& other) {
     }
     return {};
   }
-  for (uint64_t i = 0; i < other.granules_; ++i)
-    if ((src[i >> 6] >> (i & 63)) & 1)
+  // Each set source bit marks its bytes; zero words (most of a large,
+  // sparse bitmap) are passed over whole.
+  for (std::size_t w = 0; w < src.size(); ++w) {
+    for (uint64_t word = src[w]; word != 0; word &= word - 1) {
+      const uint64_t i = (uint64_t{w} << 6) + unsigned(std::countr_zero(word));
+      if (i >= other.granules_) break;
       set_bytes_locked(i << other.granularity_bits_, uint64_t{1} << other.granularity_bits_);
+    }
+  }
   return {};
 }
 

@@ -5,6 +5,7 @@
 
 #include <random>
 #include <set>
+#include <vector>
 
 using namespace fleece;
 using namespace fleece::cow;
@@ -147,6 +148,29 @@ TEST_CASE("dirty bitmap: merge across equal and different granularities") {
   CHECK(c->dirty_bytes() == 2 * 65536);
   auto other_size = make(2 << 20, 4096);
   CHECK(a->merge_from(*other_size) == std::make_error_code(std::errc::invalid_argument));
+}
+
+TEST_CASE("dirty bitmap: merging a finer bitmap marks every coarse granule it touches") {
+  // Several words of source bits, sparse and dense, end granule included.
+  const uint64_t size = 64 << 20;
+  auto fine = make(size, 4096, "fine");
+  auto coarse = make(size, 65536, "coarse");
+  std::mt19937_64 rng(11);
+  std::vector<bool> want(size / 65536, false);
+  for (int i = 0; i < 300; ++i) {
+    const uint64_t at = rng() % size;
+    fine->mark(at, 1);
+    want[at / 65536] = true;
+  }
+  fine->mark(size - 1, 1);
+  want.back() = true;
+  REQUIRE(!coarse->merge_from(*fine));
+  uint64_t dirty = 0;
+  for (uint64_t g = 0; g < want.size(); ++g) {
+    CHECK(coarse->is_dirty(g * 65536, 65536) == want[g]);
+    dirty += want[g] ? 65536 : 0;
+  }
+  CHECK(coarse->dirty_bytes() == dirty);
 }
 
 TEST_CASE("dirty bitmap: QEMU bit order, least significant bit first") {
