@@ -76,6 +76,12 @@ Task<std::error_code> take_chain_snapshot(std::shared_ptr<cow::BackingChain> cha
     co_return fail(why, ec, fmt::format("{}: cannot write the new overlay: {}", file,
                                         ec.message()));
 
+  // Most of what the guest wrote goes to disk before its writes are held,
+  // so that the flush inside the drain below has only the last moment's.
+  if (auto ec = co_await old.device->flush())
+    co_return fail(why, ec, fmt::format("{}: flushing before the snapshot: {}", old.path,
+                                        ec.message()));
+
   if (quiesce.drain) co_await quiesce.drain();
   struct Resume {
     Quiesce& q;
