@@ -836,10 +836,12 @@ Task<std::error_code> CbwFilter::block_status_frozen(SnapshotId id, uint64_t off
     cs = cluster_size_;
   }
   if (offset >= size_ || length == 0) co_return std::make_error_code(std::errc::invalid_argument);
-  // Bounded work per call (every unit's bits are looked at): callers
-  // continue from where the extents stop.
+  // Bounded work per call: runs of units read from the disk or discarded
+  // are found a word of bits at a time, and at most kMaxUnits units held by
+  // a store are looked at one by one. Callers continue from where the
+  // extents stop.
   constexpr uint64_t kMaxUnits = 1 << 16;
-  length = std::min({length, size_ - offset, kMaxUnits * cs - offset % cs});
+  length = std::min(length, size_ - offset);
   const uint64_t first = offset / cs;
   const uint64_t last = (offset + length - 1) / cs;
   auto guard = co_await locks_.lock(first, last, kShared);
@@ -858,25 +860,40 @@ Task<std::error_code> CbwFilter::block_status_frozen(SnapshotId id, uint64_t off
     if (snap->broken) co_return make_error_code(Errc::snapshot_broken);
     const size_t i = *index_of(snap.get());
     disk_depth_base = static_cast<uint32_t>(chain_.size() - i);
-    for (uint64_t c = first; c <= last; ++c) {
-      const uint64_t lo = std::max(offset, c * cs);
-      const uint64_t hi = std::min(offset + length, (c + 1) * cs);
-      Run r{lo, hi - lo, false, {}};
-      if (!snap->needs[c]) {
-        r.extent = {0, block::kExtentHole | block::kExtentZero, 0};
-      } else if (auto k = first_holder(i, c)) {
-        bool zero = chain_[*k]->store->state(c) != ClusterState::data;
-        r.extent = {0, zero ? block::kExtentZero : 0u, static_cast<uint32_t>(*k - i + 1)};
-      } else {
-        r.from_disk = true;
-      }
+    // Units [from, to) as one run of bytes, joined to the previous if alike.
+    auto add = [&](uint64_t from, uint64_t to, bool from_disk, block::Extent e) {
+      const uint64_t lo = std::max(offset, from * cs);
+      const uint64_t hi = std::min(offset + length, to * cs);
       if (!runs.empty() && runs.back().offset + runs.back().length == lo &&
-          runs.back().from_disk == r.from_disk &&
-          (r.from_disk || (runs.back().extent.flags == r.extent.flags &&
-                           runs.back().extent.depth == r.extent.depth)))
-        runs.back().length += r.length;
+          runs.back().from_disk == from_disk &&
+          (from_disk || (runs.back().extent.flags == e.flags && runs.back().extent.depth == e.depth)))
+        runs.back().length += hi - lo;
       else
-        runs.push_back(r);
+        runs.push_back(Run{lo, hi - lo, from_disk, e});
+    };
+    const UnitBits& needs = snap->needs;
+    const uint64_t end = last + 1;
+    uint64_t c = first;
+    for (uint64_t one_by_one = 0; c < end;) {
+      // Up to the next unit that is held from St_i on or discarded: D.
+      // (Each search ends where the previous found something.)
+      uint64_t next = end;
+      for (size_t j = i; j < chain_.size(); ++j) next = chain_[j]->holds.find(c, next);
+      next = needs.find_clear(c, next);
+      if (next > c) {
+        add(c, next, true, {});
+        c = next;
+      } else if (!needs[c]) {
+        next = needs.find(c, end);
+        add(c, next, false, {0, block::kExtentHole | block::kExtentZero, 0});
+        c = next;
+      } else {
+        if (++one_by_one > kMaxUnits) break;
+        const size_t k = *first_holder(i, c);
+        const bool zero = chain_[k]->store->state(c) != ClusterState::data;
+        add(c, c + 1, false, {0, zero ? block::kExtentZero : 0u, static_cast<uint32_t>(k - i + 1)});
+        ++c;
+      }
     }
   }
   auto append = [&out](block::Extent e) {

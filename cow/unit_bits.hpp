@@ -13,7 +13,7 @@
 //  * Bits past size() do not exist; indexes must be < size(), ranges within
 //    [0, size()].
 //  * find(from, to) returns the first set bit c with from <= c < to, or to
-//    if there is none.
+//    if there is none; find_clear(from, to) the same for a clear bit.
 #pragma once
 
 #include <algorithm>
@@ -49,20 +49,26 @@ class UnitBits {
     }
   }
 
-  uint64_t find(uint64_t from, uint64_t to) const {
+  uint64_t find(uint64_t from, uint64_t to) const { return find_value<true>(from, to); }
+  uint64_t find_clear(uint64_t from, uint64_t to) const { return find_value<false>(from, to); }
+
+ private:
+  // The first bit equal to Value in [from, to), or to.
+  template <bool Value>
+  uint64_t find_value(uint64_t from, uint64_t to) const {
     if (from >= to) return to;
+    auto load = [this](uint64_t w) { return Value ? words_[w] : ~words_[w]; };
     uint64_t w = from / 64;
-    uint64_t word = words_[w] & (~uint64_t{0} << (from % 64));
+    uint64_t word = load(w) & (~uint64_t{0} << (from % 64));
     const uint64_t last = (to - 1) / 64;
     while (word == 0) {
       if (++w > last) return to;
-      word = words_[w];
+      word = load(w);
     }
     const uint64_t c = w * 64 + static_cast<uint64_t>(std::countr_zero(word));
     return c < to ? c : to;
   }
 
- private:
   uint64_t size_ = 0;
   std::vector<uint64_t> words_;
 };

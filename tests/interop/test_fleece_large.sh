@@ -73,6 +73,38 @@ import json, sys
 d = json.loads(sys.argv[1])[0]["devices"][0]
 assert d["preserved-bytes"] == 8192 + (256 << 20), d
 PYEOF
+# The view's base:allocation over the whole 1 TiB: data only where the
+# store holds old data, a zero unit where it holds a hole, the rest holes
+# read from the disk; in large replies, not one per 256 MiB.
+$PY - "$T/s" <<'PYEOF' || fail "base:allocation of the 1 TiB view"
+import nbd, sys, time
+G, M, K4 = 1 << 30, 1 << 20, 4096
+view = nbd.NBD(); view.add_meta_context("base:allocation")
+view.connect_uri("nbd+unix:///d@b?socket=" + sys.argv[1])
+size, off, calls, extents = view.get_size(), 0, 0, []
+t = time.monotonic()
+def got(ctx, at, entries, err):
+    pos = at
+    for length, flags in zip(entries[0::2], entries[1::2]):
+        if extents and extents[-1][2] == flags and extents[-1][0] + extents[-1][1] == pos:
+            extents[-1][1] += length
+        else:
+            extents.append([pos, length, flags])
+        pos += length
+while off < size:
+    before = extents[-1][0] + extents[-1][1] if extents else 0
+    view.block_status(min(size - off, (4 << 30) - M), off, got)
+    calls += 1
+    off = extents[-1][0] + extents[-1][1]
+    assert off > before
+want = [[0, G, 3], [G, K4, 0], [G + K4, G - K4, 3], [2 * G, 256 * M, 0],
+        [2 * G + 256 * M, 510 * G - 256 * M, 3], [512 * G, K4, 0], [512 * G + K4, K4, 2],
+        [512 * G + 2 * K4, size - 512 * G - 2 * K4, 3]]
+assert extents == want, extents[:12]
+print(f"view map: {calls} calls, {round((time.monotonic() - t) * 1000)} ms")
+assert calls <= 1024, calls
+PYEOF
+
 t0=$(date +%s%N)
 ctl fleece-stop id=b >/dev/null
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))

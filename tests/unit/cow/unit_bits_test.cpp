@@ -8,10 +8,10 @@
 using fleece::cow::UnitBits;
 
 namespace {
-// The first set bit of `model` in [from, to), or to.
-uint64_t model_find(const std::vector<bool>& model, uint64_t from, uint64_t to) {
+// The first bit of `model` equal to `value` in [from, to), or to.
+uint64_t model_find(const std::vector<bool>& model, uint64_t from, uint64_t to, bool value = true) {
   for (uint64_t c = from; c < to; ++c)
-    if (model[c]) return c;
+    if (model[c] == value) return c;
   return to;
 }
 }  // namespace
@@ -22,8 +22,10 @@ TEST_CASE("UnitBits: assign sets exactly size() bits, none past the end") {
     CHECK(all.size() == size);
     CHECK(all.find(0, size) == (size ? 0 : size));
     for (uint64_t c = 0; c < size; ++c) CHECK(all[c]);
+    CHECK(all.find_clear(0, size) == size);  // the unused tail of the last word is not found
     UnitBits none(size, false);
     CHECK(none.find(0, size) == size);
+    CHECK(none.find_clear(0, size) == (size ? 0 : size));
     if (size) {
       all.reset(0, size);
       CHECK(all.find(0, size) == size);
@@ -47,7 +49,7 @@ TEST_CASE("UnitBits: find stops at its bound, whatever lies beyond") {
   CHECK(bits.find(0, 1000) == 700);
 }
 
-TEST_CASE("UnitBits: set, reset of ranges and find agree with a vector<bool> model") {
+TEST_CASE("UnitBits: set, reset of ranges, find and find_clear agree with a vector<bool> model") {
   std::mt19937_64 rng(7);
   const uint64_t size = 1000;
   UnitBits bits(size, false);
@@ -68,6 +70,7 @@ TEST_CASE("UnitBits: set, reset of ranges and find agree with a vector<bool> mod
         break;
       default:
         REQUIRE(bits.find(lo, hi) == model_find(model, lo, hi));
+        REQUIRE(bits.find_clear(lo, hi) == model_find(model, lo, hi, false));
     }
   }
   for (uint64_t c = 0; c < size; ++c) REQUIRE(bits[c] == model[c]);
