@@ -1,10 +1,7 @@
 #include "snapshot/fleece_group.hpp"
 
-#include "block/io_engine.hpp"
 #include "util/log.hpp"
 
-#include <cerrno>
-#include <new>
 #include <set>
 
 namespace fleece::snapshot {
@@ -23,20 +20,9 @@ Task<Result<std::unique_ptr<FleeceGroup>>> FleeceGroup::start(std::string id,
       co_return std::make_error_code(std::errc::invalid_argument);  // one snapshot per disk, empty stores
   }
 
-  // The snapshots' bitmaps are made before the guest is held, on the I/O
-  // pool: two bits per copy unit are 64 MiB for 1 TiB in 4 KiB units, and
-  // the page faults of filling them would hold up every guest request this
-  // thread serves for tens of milliseconds.
+  // The snapshots' bitmaps are made before the guest is held.
   std::vector<cow::CbwFilter::Prepared> prepared;
-  const int64_t made = co_await block::io::run_blocking([&]() -> int64_t {
-    try {
-      for (auto& m : members) prepared.push_back(cow::CbwFilter::prepare(m.store, policy));
-      return 0;
-    } catch (const std::bad_alloc&) {
-      return -ENOMEM;
-    }
-  });
-  if (made < 0) co_return std::error_code(static_cast<int>(-made), std::generic_category());
+  for (auto& m : members) prepared.push_back(cow::CbwFilter::prepare(m.store, policy));
 
   const auto t0 = std::chrono::steady_clock::now();
   for (auto& m : members) co_await m.filter->close_gate();
