@@ -761,16 +761,17 @@ Task<std::error_code> CbwFilter::discard_frozen(SnapshotId id, uint64_t offset, 
 Task<void> CbwFilter::release_clusters(std::shared_ptr<Snapshot> snap, uint64_t first,
                                        uint64_t end) {
   // Only clusters a store holds, or a copy in flight may still give to one
-  // (it holds the cluster's lock), can be freed; the others (most of a
-  // large disk) are passed over in batches, without a lock each. Readers of
-  // those read D, and a writer's copy still waits for them. Locked ones are
-  // listed first: a copy that ends before that has set its holds bit.
+  // (it holds the cluster's exclusive lock), can be freed; the others (most
+  // of a large disk) are passed over in batches, without a lock each.
+  // Readers of those read D, and a writer's copy still waits for them.
+  // Locked ones are listed first: a copy that ends before that has set its
+  // holds bit.
   constexpr uint64_t kBatch = 1 << 16;
   std::vector<uint64_t> todo;
   for (uint64_t from = first; from < end; from += kBatch) {
     const uint64_t to = std::min(end, from + kBatch);
     todo.clear();
-    locks_.active_in(from, to, &todo);
+    locks_.exclusive_in(from, to, &todo);
     {
       std::lock_guard lk(mutex_);
       size_t i = 0;

@@ -85,9 +85,10 @@ void RangeLock::release(uint64_t id) {
   for (auto& r : wake) r.resume();
 }
 
-void RangeLock::active_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const {
+void RangeLock::exclusive_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const {
   std::lock_guard g(mu_);
   auto add = [&](const Range& r) {
+    if (r.shared) return;
     for (uint64_t x = std::max(from, r.first); x < to && x <= r.last; ++x) out->push_back(x);
   };
   for (const auto& h : held_) add(h);

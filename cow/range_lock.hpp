@@ -68,9 +68,10 @@ class RangeLock {
   boost::asio::awaitable<Guard> lock(uint64_t first, uint64_t last, bool shared);
   std::optional<Guard> try_lock(uint64_t first, uint64_t last, bool shared);
 
-  // Appends the integers in [from, to) that are held or waited on now, in
-  // no order and possibly repeated (overlapping ranges).
-  void active_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const;
+  // Appends the integers in [from, to) that an exclusive range holds or
+  // waits for now, in no order and possibly repeated. Shared ranges are left
+  // out: a 4 GiB block-status query holds a million units and changes none.
+  void exclusive_in(uint64_t from, uint64_t to, std::vector<uint64_t>* out) const;
   // For tests and statistics.
   std::size_t held_count() const;
   std::size_t waiter_count() const;
