@@ -84,7 +84,7 @@ std::variant<std::shared_ptr<FleeceBitmaps>, QmpError> FleeceBitmaps::prepare(
         return QmpError::generic(fmt::format("Parameter 'bitmaps[{}].{}' is unexpected", i, std::string(kv.key())));
       }
     }
-    Item item{std::string(o->at("node").get_string()), std::string(o->at("name").get_string()), nullptr, nullptr};
+    Item item{std::string(o->at("node").get_string()), std::string(o->at("name").get_string()), nullptr, nullptr, nullptr};
     if (std::find(devices.begin(), devices.end(), item.node) == devices.end()) {
       return QmpError::generic(fmt::format(
           "Bitmap node '{}' is not one of the fleece's 'devices'; a bitmap freezes with its disk", item.node));
@@ -118,6 +118,7 @@ std::variant<std::shared_ptr<FleeceBitmaps>, QmpError> FleeceBitmaps::prepare(
           listed, id));
     }
     item.bitmaps = disk->bitmaps;
+    item.fresh = found->bitmap->fresh_like();
     out->items_.push_back(std::move(item));
   }
   return out;
@@ -125,7 +126,8 @@ std::variant<std::shared_ptr<FleeceBitmaps>, QmpError> FleeceBitmaps::prepare(
 
 std::error_code FleeceBitmaps::freeze() {
   for (auto& item : items_) {
-    auto frozen = item.bitmaps->filter()->swap(item.name);
+    if (auto live = item.bitmaps->filter()->find(item.name)) item.fresh->set_enabled(live->enabled());
+    auto frozen = item.bitmaps->filter()->swap(item.name, std::move(item.fresh));
     if (!frozen) {
       rollback();
       return frozen.error();

@@ -40,8 +40,10 @@ std::variant<MetaContexts, QmpError> export_bitmap_contexts(const Disk& disk,
                                                             bool writable);
 
 // fleece-start `bitmaps`: [{"node", "name"}]. prepare() checks everything
-// before anything starts; freeze() runs inside FleeceGroup::start with the
-// gates closed (BitmapFilter::swap of each); contexts() gives each frozen
+// before anything starts and makes the empty bitmaps that will take the
+// frozen ones' places (32 MiB for 1 TiB at 4 KiB granularity: not while
+// writes are held); freeze() runs inside FleeceGroup::start with the gates
+// closed (BitmapFilter::swap of each); contexts() gives each frozen
 // view's export its qemu:dirty-bitmap:NAME; then commit() lists the frozen
 // halves as NAME@ID, or rollback() (start failed) merges them back so no
 // write is lost from NAME.
@@ -62,6 +64,7 @@ class FleeceBitmaps {
     std::string node;
     std::string name;
     std::shared_ptr<DiskBitmaps> bitmaps;
+    std::shared_ptr<cow::DirtyBitmap> fresh;   // made by prepare(), swapped in by freeze()
     std::shared_ptr<cow::DirtyBitmap> frozen;  // set by freeze()
   };
   std::string id_;

@@ -1,8 +1,8 @@
 #!/bin/bash
 # A fleece of a large disk (1 TiB, sparse: 268 million 4 KiB copy units)
-# starts at once and holds the guest's writes for microseconds: the
-# snapshot's bitmaps are made before the gate closes and a fresh store is
-# seen empty without looking at every unit. Then a write far into the disk
+# starts at once and holds the guest's writes for microseconds, a 4 KiB
+# dirty bitmap frozen with it: the snapshot's bitmaps are made before the
+# gate closes and a fresh store is seen empty without looking at every unit. Then a write far into the disk
 # is copied aside and the view still reads the old bytes. Stopping it walks
 # only the units the store holds, and a guest writing all along is never
 # held up for long by either command.
@@ -32,8 +32,11 @@ PYEOF
 GUEST=$!
 sleep 0.5
 
+# A 4 KiB-granularity dirty bitmap (32 MiB for 1 TiB) frozen at the
+# point in time: its empty successor is made before writes are held.
+ctl block-dirty-bitmap-add node=d name=inc granularity=4096 >/dev/null
 t0=$(date +%s%N)
-out=$(ctl fleece-start id=b devices:='["d"]')
+out=$(ctl fleece-start id=b devices:='["d"]' bitmaps:='[{"node": "d", "name": "inc"}]')
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 pause=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["write-pause-us"])' "$out")
 log "fleece-start of 1 TiB: ${ms} ms, writes held ${pause} us"
