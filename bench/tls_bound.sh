@@ -11,12 +11,15 @@
 #   bench/tls_bound.sh             1 GiB image, 3 rounds
 #   ROUNDS=N IMAGE_MIB=N bench/tls_bound.sh
 #   QUICK=1 bench/tls_bound.sh     256 MiB, 1 round
+#   TRANSPORT=tcp bench/tls_bound.sh   127.0.0.1 ports instead of Unix sockets
 set -euo pipefail
 
 . "$(dirname "$0")/preamble.sh"
 bench_sizes 256 0 1024 0
 if [[ -n $QUICK ]]; then ROUNDS=${ROUNDS:-1}; else ROUNDS=${ROUNDS:-3}; fi
 (($(nproc) >= 2)) || { echo "needs two CPUs" >&2; exit 1; }
+TRANSPORT=${TRANSPORT:-unix}
+[[ $TRANSPORT == unix || $TRANSPORT == tcp ]] || { echo "TRANSPORT is unix or tcp" >&2; exit 2; }
 bench_work
 find_fleece
 probe_qemu_aio
@@ -38,9 +41,15 @@ ROWS=$WORK/rows
 : >"$ROWS"
 for server in fleece qemu-nbd; do
   mkdir -p "$WORK/$server"
-  WORK=$WORK/$server TLS_CREDS=$PKI/server start_server "$server" "$IMG" "$WORK/$server/sock"
+  listen=$WORK/$server/sock
+  uri="nbds+unix:///d?socket=$listen&tls-certificates=$PKI/client"
+  if [[ $TRANSPORT == tcp ]]; then
+    port=$((20000 + RANDOM % 20000))
+    listen=tcp:$port
+    uri="nbds://127.0.0.1:$port/d?tls-certificates=$PKI/client"
+  fi
+  WORK=$WORK/$server TLS_CREDS=$PKI/server start_server "$server" "$IMG" "$listen"
   taskset -apc 0 "$SRV_PID" >/dev/null
-  uri="nbds+unix:///d?socket=$WORK/$server/sock&tls-certificates=$PKI/client"
   nbdcopy "$uri" null:  # warm the page cache and the server
   for ((round = 1; round <= ROUNDS; round++)); do
     for conns in 1 4; do
@@ -60,7 +69,7 @@ done
 
 echo
 echo "fleece $FLEECE (tree $(git -C "$SRC" describe --always --dirty 2>/dev/null || echo '?')), image $SIZE_MIB MiB (75 % data, 25 % holes)," \
-  "$ROUNDS round(s), server on CPU 0, nbdcopy on CPU 1, $(nproc) cores, $(date -u +%Y-%m-%d)"
+  "$ROUNDS round(s), $TRANSPORT sockets, server on CPU 0, nbdcopy on CPU 1, $(nproc) cores, $(date -u +%Y-%m-%d)"
 printf 'AES-256-GCM (openssl speed, 16 KiB records): %.2f GiB/s on one core; %.2f of the image is data: %.3f s per GiB of image\n' \
   "$(calc "$AES_KBS * 1000 / 1073741824")" "$DATA_FRACTION" "$AES_S_PER_GIB"
 /usr/bin/python3 - "$ROWS" "$AES_S_PER_GIB" "$(nproc)" <<'PYEOF'
