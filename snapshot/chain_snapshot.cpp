@@ -23,6 +23,13 @@ std::error_code fail(std::string* why, std::error_code ec, std::string message) 
   return ec;
 }
 
+// Writes what the layer holds to disk; on failure says so in *why.
+Task<std::error_code> flush_layer(const cow::ChainLayer& layer, std::string* why) {
+  auto ec = co_await layer.device->flush();
+  if (ec) fail(why, ec, fmt::format("{}: flushing before the snapshot: {}", layer.path, ec.message()));
+  co_return ec;
+}
+
 }  // namespace
 
 Task<std::error_code> take_chain_snapshot(std::shared_ptr<cow::BackingChain> chain,
@@ -78,9 +85,7 @@ Task<std::error_code> take_chain_snapshot(std::shared_ptr<cow::BackingChain> cha
 
   // Most of what the guest wrote goes to disk before its writes are held,
   // so that the flush inside the drain below has only the last moment's.
-  if (auto ec = co_await old.device->flush())
-    co_return fail(why, ec, fmt::format("{}: flushing before the snapshot: {}", old.path,
-                                        ec.message()));
+  if (auto ec = co_await flush_layer(old, why)) co_return ec;
 
   if (quiesce.drain) co_await quiesce.drain();
   struct Resume {
@@ -92,9 +97,7 @@ Task<std::error_code> take_chain_snapshot(std::shared_ptr<cow::BackingChain> cha
 
   // The old active layer: everything written to it on disk, then reopened
   // read-only so nothing can change it any more.
-  if (auto ec = co_await old.device->flush())
-    co_return fail(why, ec, fmt::format("{}: flushing before the snapshot: {}", old.path,
-                                        ec.message()));
+  if (auto ec = co_await flush_layer(old, why)) co_return ec;
   std::string reason;
   auto ro = co_await cow::open_image(old.path, old.format, true, chain->options().direct,
                                      &reason);
