@@ -126,7 +126,8 @@ std::variant<std::shared_ptr<FleeceBitmaps>, QmpError> FleeceBitmaps::prepare(
 
 std::error_code FleeceBitmaps::freeze() {
   for (auto& item : items_) {
-    if (auto live = item.bitmaps->filter()->find(item.name)) item.fresh->set_enabled(live->enabled());
+    auto live = item.bitmaps->filter()->find(item.name);
+    if (live && item.fresh) item.fresh->set_enabled(live->enabled());
     auto frozen = item.bitmaps->filter()->swap(item.name, std::move(item.fresh));
     if (!frozen) {
       rollback();
