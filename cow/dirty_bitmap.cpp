@@ -31,7 +31,7 @@ DirtyBitmap::DirtyBitmap(std::string name, uint64_t size, uint32_t granularity_b
       size_(size),
       granularity_bits_(granularity_bits),
       granules_((size >> granularity_bits) + ((size & low_bits(granularity_bits)) != 0)),
-      words_((granules_ + 63) / 64, 0) {}
+      words_((granules_ + 63) / 64) {}
 
 DirtyBitmap::DirtyBitmap(const DirtyBitmap& o)
     : name_(o.name_), size_(o.size_), granularity_bits_(o.granularity_bits_), granules_(o.granules_) {
@@ -147,7 +147,7 @@ std::error_code DirtyBitmap::set_dirty(uint64_t offset, uint64_t length) {
 std::error_code DirtyBitmap::clear() {
   std::lock_guard g(mu_);
   if (frozen_ || inconsistent_) return make_error_code(std::errc::operation_not_permitted);
-  std::fill(words_.begin(), words_.end(), 0);
+  ZeroedVector<uint64_t>(words_.size()).swap(words_);  // fresh zero pages, no pass over the old
   count_ = 0;
   return {};
 }
@@ -160,7 +160,7 @@ std::error_code DirtyBitmap::merge_from(const DirtyBitmap& other) {
   std::vector<uint64_t> src;
   {
     std::lock_guard g(other.mu_);
-    src = other.words_;
+    src.assign(other.words_.begin(), other.words_.end());
   }
   std::lock_guard g(mu_);
   if (frozen_ || inconsistent_) return make_error_code(std::errc::operation_not_permitted);

@@ -30,6 +30,7 @@
 #pragma once
 
 #include "util/result.hpp"
+#include "util/zeroed_vector.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -136,7 +137,7 @@ class DirtyBitmap {
   const uint64_t granules_;
 
   mutable std::mutex mu_;
-  std::vector<uint64_t> words_;
+  ZeroedVector<uint64_t> words_;  // zero pages until written
   uint64_t count_ = 0;  // dirty granules
   bool enabled_ = true;
   bool frozen_ = false;

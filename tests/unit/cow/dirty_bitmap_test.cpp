@@ -3,6 +3,9 @@
 
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
+#include <fstream>
 #include <random>
 #include <set>
 #include <vector>
@@ -171,6 +174,28 @@ TEST_CASE("dirty bitmap: merging a finer bitmap marks every coarse granule it to
     dirty += want[g] ? 65536 : 0;
   }
   CHECK(coarse->dirty_bytes() == dirty);
+}
+
+namespace {
+uint64_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * uint64_t(sysconf(_SC_PAGESIZE));
+}
+}  // namespace
+
+TEST_CASE("dirty bitmap: a fresh or cleared bitmap of 1 TiB takes memory only where written") {
+  const uint64_t before = resident_bytes();
+  auto b = make(uint64_t{1} << 40, 4096, "big");  // 32 MiB of bits
+  CHECK(resident_bytes() - before < (8u << 20));
+  CHECK_FALSE(b->is_dirty(0, uint64_t{1} << 40));
+  b->mark(uint64_t{1} << 39, 4096);
+  CHECK(b->dirty_bytes() == 4096);
+  REQUIRE(!b->clear());
+  CHECK(b->dirty_bytes() == 0);
+  CHECK_FALSE(b->is_dirty(0, uint64_t{1} << 40));
+  CHECK(resident_bytes() - before < (8u << 20));
 }
 
 TEST_CASE("dirty bitmap: QEMU bit order, least significant bit first") {
