@@ -13,7 +13,7 @@ ctl() { timeout 30 "$FLEECE" ctl --qmp "$T/fleece.qmp" "$@"; }
 truncate -s 1T "$T/big.img"
 printf 'old!%.0s' $(seq 1024) | dd of="$T/big.img" bs=4096 seek=$((512 << 18)) conv=notrunc status=none
 printf 'g%.0s' $(seq 4096) | dd of="$T/big.img" bs=4096 seek=$((1 << 18)) conv=notrunc status=none
-head -c 256M /dev/urandom | dd of="$T/big.img" bs=1M seek=2048 conv=notrunc status=none
+head -c 64M /dev/urandom | dd of="$T/big.img" bs=1M seek=2048 conv=notrunc status=none
 serve_start --disk d="$T/big.img" --listen unix:"$T/s"
 
 # The guest: 4 KiB writes to one unit at 1 GiB (data before the fleece,
@@ -61,20 +61,20 @@ d = json.loads(sys.argv[1])[0]["devices"][0]
 # the old unit at 512 GiB and the guest's at 1 GiB; the hole next to the first
 assert d["granularity"] == 4096 and d["preserved-bytes"] == 8192 and d["zero-clusters"] == 1, d
 PYEOF
-# 256 MiB of data at 2 GiB overwritten: the store's file grows by as much,
+# 64 MiB of data at 2 GiB overwritten: the store's file grows by as much,
 # and deleting it at the stop must not hold up the guest either.
-$PY - "$T/s" <<'PYEOF' || fail "overwriting 256 MiB"
+$PY - "$T/s" <<'PYEOF' || fail "overwriting 64 MiB"
 import nbd, sys
 live = nbd.NBD(); live.connect_uri("nbd+unix:///d?socket=" + sys.argv[1])
-for i in range(256):
+for i in range(64):
     live.pwrite(b"n" * (1 << 20), (2 << 30) + (i << 20))
 live.flush()
 PYEOF
 q=$(ctl query-fleeces)
-$PY - "$q" <<'PYEOF' || fail "query-fleeces after 256 MiB: $q"
+$PY - "$q" <<'PYEOF' || fail "query-fleeces after 64 MiB: $q"
 import json, sys
 d = json.loads(sys.argv[1])[0]["devices"][0]
-assert d["preserved-bytes"] == 8192 + (256 << 20), d
+assert d["preserved-bytes"] == 8192 + (64 << 20), d
 PYEOF
 # The view's base:allocation over the whole 1 TiB: data only where the
 # store holds old data, a zero unit where it holds a hole, the rest holes
@@ -100,8 +100,8 @@ while off < size:
     calls += 1
     off = extents[-1][0] + extents[-1][1]
     assert off > before
-want = [[0, G, 3], [G, K4, 0], [G + K4, G - K4, 3], [2 * G, 256 * M, 0],
-        [2 * G + 256 * M, 510 * G - 256 * M, 3], [512 * G, K4, 0], [512 * G + K4, K4, 2],
+want = [[0, G, 3], [G, K4, 0], [G + K4, G - K4, 3], [2 * G, 64 * M, 0],
+        [2 * G + 64 * M, 510 * G - 64 * M, 3], [512 * G, K4, 0], [512 * G + K4, K4, 2],
         [512 * G + 2 * K4, size - 512 * G - 2 * K4, 3]]
 assert extents == want, extents[:12]
 print(f"view map: {calls} calls, {round((time.monotonic() - t) * 1000)} ms")
