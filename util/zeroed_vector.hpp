@@ -9,6 +9,8 @@
 // copies and fills behave as in any vector.
 #pragma once
 
+#include "util/byte_buffer.hpp"  // DefaultInitAllocator
+
 #include <cstddef>
 #include <cstdlib>
 #include <new>
@@ -17,10 +19,14 @@
 
 namespace fleece {
 
+// DefaultInitAllocator's default-initialising construct(), over calloc.
 template <class T>
-struct CallocAllocator {
+struct CallocAllocator : DefaultInitAllocator<T> {
   static_assert(std::is_trivial_v<T>);
-  using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = CallocAllocator<U>;
+  };
   CallocAllocator() = default;
   template <class U>
   CallocAllocator(const CallocAllocator<U>&) noexcept {}
@@ -30,16 +36,6 @@ struct CallocAllocator {
     throw std::bad_alloc();
   }
   void deallocate(T* p, std::size_t) noexcept { std::free(p); }
-  template <class U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;  // default-initialised: calloc's zero stays
-  }
-  template <class U, class V>
-  void construct(U* p, V&& v) noexcept {
-    ::new (static_cast<void*>(p)) U(static_cast<V&&>(v));
-  }
-  template <class U>
-  bool operator==(const CallocAllocator<U>&) const noexcept { return true; }
 };
 
 template <class T>
