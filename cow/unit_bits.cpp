@@ -26,12 +26,6 @@ void UnitBits::set(uint64_t i) {
   materialize(ch)[i % kChunkBits / 64] |= uint64_t{1} << (i % 64);
 }
 
-void UnitBits::reset(uint64_t i) {
-  Chunk& ch = chunks_[i / kChunkBits];
-  if (!ch.words && !ch.fill) return;
-  materialize(ch)[i % kChunkBits / 64] &= ~(uint64_t{1} << (i % 64));
-}
-
 void UnitBits::reset(uint64_t first, uint64_t end) {
   while (first < end) {
     const uint64_t ci = first / kChunkBits;

@@ -42,7 +42,6 @@ class UnitBits {
     return (ch.words[i % kChunkBits / 64] >> (i % 64)) & 1;
   }
   void set(uint64_t i);
-  void reset(uint64_t i);
   // Clears [first, end).
   void reset(uint64_t first, uint64_t end);
 

@@ -44,7 +44,7 @@ TEST_CASE("UnitBits: find stops at its bound, whatever lies beyond") {
   bits.set(64);
   CHECK(bits.find(0, 1000) == 64);
   CHECK(bits.find(65, 1000) == 700);
-  bits.reset(64);
+  bits.reset(64, 65);
   CHECK_FALSE(bits[64]);
   CHECK(bits.find(0, 1000) == 700);
 }
@@ -77,7 +77,7 @@ void against_model(uint64_t size, bool start, uint64_t seed) {
         break;
       case 1:
         if (lo < size) {
-          bits.reset(lo);
+          bits.reset(lo, lo + 1);  // one bit
           model[lo] = false;
         }
         break;
