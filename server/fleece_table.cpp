@@ -1,6 +1,7 @@
 #include "server/fleece_table.hpp"
 
 #include "block/io_engine.hpp"
+#include "block/no_flush_device.hpp"
 #include "block/raw_file.hpp"
 #include "block/unique_fd.hpp"
 #include "cow/backing_chain.hpp"
@@ -208,8 +209,10 @@ Task<std::shared_ptr<cow::ClusterStore>> create_store(std::shared_ptr<FleeceTabl
   std::string backing = fs::absolute(active.path, ec).lexically_normal().string();
   if (ec) backing = active.path;
   std::string format = active.format;
-  auto store = co_await cow::Qcow2ClusterStore::create(*file, path, size, cluster_size, granularity,
-                                                       backing, format);
+  // The store dies with the server (stale ones are deleted at start-up):
+  // nothing in it needs fdatasync, and a guest FLUSH must not wait for one.
+  auto store = co_await cow::Qcow2ClusterStore::create(block::without_flush(*file), path, size,
+                                                       cluster_size, granularity, backing, format);
   if (!store) {
     *why = fmt::format("cannot format the store '{}': {}", path, store.error().message());
     co_return nullptr;
