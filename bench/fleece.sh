@@ -18,6 +18,9 @@
 #   first touch 64k  (fleece only) the same pass on a fresh snapshot with
 #                 granularity=65536: fleece copying whole clusters, as qsd does
 #   steady        4k random writes once every cluster has been preserved
+#   flushing      4k random writes with a FLUSH after every 32 (fio --fsync=32)
+#                 on a fresh snapshot, and the same with no snapshot: what a
+#                 guest that syncs pays while the copies go into the store
 #   view read     nbdcopy --connections=4 of the frozen view to null while
 #                 4k random writes run at 5,000 IOPS (fresh snapshot): the same
 #                 write load on both servers, within what qsd sustains. One
@@ -61,6 +64,17 @@ print(round(w["iops"]), round(w["clat_ns"]["percentile"]["99.000000"] / 1000))
 PYEOF
 }
 randwrite() { fio_w d --rw=randwrite --time_based --runtime="$RUNTIME" --ramp_time=1; }
+# Prints "IOPS FLUSH_P99_US": write IOPS, and the 99th percentile of the FLUSHes.
+flushing() {
+  fio --ioengine=nbd --uri="nbd+unix:///d?socket=$SOCK" --size="$SIZE" --bs=4k --iodepth=32 \
+    --rw=randwrite --fsync=32 --time_based --runtime="$RUNTIME" --name=b --output-format=json \
+    --output="$WORK/fio.json" >/dev/null
+  /usr/bin/python3 - "$WORK/fio.json" <<'PYEOF'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+print(round(j["write"]["iops"]), round(j["sync"]["lat_ns"]["percentile"]["99.000000"] / 1000))
+PYEOF
+}
 # --number_ios: one pass; fio's size counts bytes written, so without it the
 # stride would wrap round the disk 16 times and 15 passes would be steady state.
 first_touch() { fio_w d --rw=write:$((CLUSTER - 4096)) --number_ios=$((SIZE / CLUSTER)); }
@@ -106,6 +120,10 @@ cp --sparse=never "$IMG" "$WORK/w.img"
 sync "$WORK/w.img"  # no row pays for writing back the copy
 fleece_start "$WORK/w.img"
 record fleece "no snapshot" "$(randwrite)"
+record fleece "flushing no snapshot" "$(flushing)"
+snap f1
+record fleece "flushing" "$(flushing)"
+unsnap f1
 snap s1
 record fleece "first touch" "$(first_touch)"
 fill
@@ -181,6 +199,10 @@ cp --sparse=never "$IMG" "$WORK/w.img"
 sync "$WORK/w.img"  # no row pays for writing back the copy
 qsd_start "$WORK/w.img" plain
 record qsd "no snapshot" "$(randwrite)"
+record qsd "flushing no snapshot" "$(flushing)"
+stop_server
+qsd_start "$WORK/w.img" cbw
+record qsd "flushing" "$(flushing)"
 stop_server
 qsd_start "$WORK/w.img" cbw
 record qsd "first touch" "$(first_touch)"
@@ -218,6 +240,11 @@ for test, label in (("no snapshot", "4k randwrite, no snapshot"), ("first touch"
     a, b = r[("fleece", test)], r[("qsd", test)]
     print(f"| {label}: IOPS | {f(a[0])} | {f(b[0])} | {a[0] / b[0]:.2f} |")
     print(f"| {label}: p99 µs | {f(a[1])} | {f(b[1])} | {a[1] / b[1]:.2f} |")
+for test, label in (("flushing no snapshot", "4k randwrite, FLUSH every 32 writes, no snapshot"),
+                    ("flushing", "4k randwrite, FLUSH every 32 writes, fresh snapshot")):
+    a, b = r[("fleece", test)], r[("qsd", test)]
+    print(f"| {label}: IOPS | {f(a[0])} | {f(b[0])} | {a[0] / b[0]:.2f} |")
+    print(f"| {label}: FLUSH p99 µs | {f(a[1])} | {f(b[1])} | {a[1] / b[1]:.2f} |")
 a, b = r[("fleece", "first touch 64k")], r[("qsd", "first touch")]
 label = "4k first-touch writes, fresh snapshot, fleece granularity=65536 (whole clusters, as qsd)"
 print(f"| {label}: IOPS | {f(a[0])} | {f(b[0])} | {a[0] / b[0]:.2f} |")
@@ -234,7 +261,8 @@ print(f"| fleece-start under writes: write pause µs (median, max of 5) | {f(p[0
 print()
 for s in ("fleece", "qsd"):
     n = r[(s, "no snapshot")][0]
-    print(f"{s}: first touch / no snapshot = {r[(s, 'first touch')][0] / n:.2f}, steady / no snapshot = {r[(s, 'steady')][0] / n:.2f}")
+    print(f"{s}: first touch / no snapshot = {r[(s, 'first touch')][0] / n:.2f}, steady / no snapshot = {r[(s, 'steady')][0] / n:.2f}, "
+          f"flushing with / without a snapshot = {r[(s, 'flushing')][0] / r[(s, 'flushing no snapshot')][0]:.2f}")
 print(f"fleece: 3 snapshots / 1 snapshot = {r[('fleece', '3 snapshots')][0] / r[('fleece', '1 snapshot')][0]:.2f}")
 for s in ("fleece", "qsd"):
     print(f"{s}: view read passes under 5,000 write IOPS, MiB/s: {', '.join(f(x) for x in r[(s, 'view read passes')])}")
