@@ -49,6 +49,7 @@ constexpr uint32_t kHoleProbeMin = 64 * 1024;   // smaller READs always send dat
 constexpr uint32_t kSendFileMin = 32 * 1024;
 constexpr size_t kMaxIov = 512;                 // pieces per gathered write (IOV_MAX is 1024)
 constexpr size_t kKeepBufferMax = 4u << 20;     // larger job buffers are not kept for reuse
+constexpr uint64_t kTlsInflightBudget = 8u << 20;  // see inflight_budget()
 constexpr auto kCloseNotifyTimeout = std::chrono::seconds(2);  // for a client that stopped reading
 
 inline auto redirect(error_code& ec) { return asio::redirect_error(asio::use_awaitable, ec); }
@@ -447,7 +448,7 @@ class Connection final : public ConnectionHandle,
         continue;
       }
       uint64_t cost = request->type == nbd::kCmdRead ? request->length : payload;
-      while (!closed_ && budget_used_ > 0 && budget_used_ + cost > settings_.inflight_budget) {
+      while (!closed_ && budget_used_ > 0 && budget_used_ + cost > inflight_budget()) {
         co_await wait_on(budget_wake_);
       }
       if (closed_) break;
@@ -550,6 +551,15 @@ class Connection final : public ConnectionHandle,
     Job* job = free_.back();
     free_.pop_back();
     return job;
+  }
+
+  // Under TLS every READ's data waits in a job buffer until it is sealed,
+  // and the cipher, not the disk, sets the pace: a smaller budget keeps the
+  // pipe as full (bench/README.md, "In-flight budget under TLS") at less
+  // than half the memory. Plaintext READs mostly leave by sendfile.
+  uint64_t inflight_budget() const {
+    return stream_.is_tls() ? std::min(settings_.inflight_budget, kTlsInflightBudget)
+                            : settings_.inflight_budget;
   }
 
   void release(Job* job) {

@@ -119,6 +119,20 @@ nbdinfo --size "nbd+unix:///disk?socket=$SOCK" | grep -qx 16777216 || fail "plai
 nbdinfo "$UNIX_URI" | grep -q 'with TLS' || fail "TLS client not upgraded under --tls on"
 serve_stop
 
+log "READ data in flight under TLS is bounded: peak RSS with 4 pipelining clients"
+head -c 128M /dev/urandom >"$T/big.raw"  # all data: nbdcopy reads every byte
+serve_start --disk big="$T/big.raw" --listen unix:"$SOCK" --tls require --tls-creds "$PKI/server"
+# To null: the client takes as fast as it can decrypt, so every READ it may
+# pipeline is in flight. With 64 MiB per connection allowed (4 x 64 READs
+# x 256 KiB), the server peaked at ~42 MiB here; with at most 8 MiB per TLS
+# connection waiting to be sealed, at ~21 MiB.
+nbdcopy --connections=4 --requests=64 "nbds+unix:///big?socket=$SOCK&tls-certificates=$PKI/client" null:
+hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$SERVER_PID/status")
+log "server peak RSS: $hwm KiB"
+((hwm < 32 * 1024)) || fail "server peak RSS $hwm KiB: more READ data in flight than 8 MiB per TLS connection"
+serve_stop
+rm -f "$T/big.raw"
+
 log "start-up errors name the file"
 expect_startup_error() {  # expect_startup_error PATTERN ARGS...
   local pattern=$1; shift
