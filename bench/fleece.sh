@@ -34,7 +34,8 @@
 #   1 vs 3        (fleece only) 4k random writes with 1, then 3 fresh snapshots
 #                 (twice, alternating; the mean of each)
 #   start pause   (fleece only) fleece-start while 4k random writes run: how
-#                 long writes waited (write-pause-us; median and max of 5)
+#                 long writes waited (write-pause-us; median and max of 5),
+#                 and how long the command took to answer
 # The table goes to stdout, progress to stderr.
 set -euo pipefail
 
@@ -159,13 +160,20 @@ record fleece "3 snapshots" "$(mean "${three[@]}")"
 fio --ioengine=nbd --uri="nbd+unix:///d?socket=$SOCK" --size="$SIZE" --bs=4k --iodepth=32 \
   --rw=randwrite --time_based --runtime=$((RUNTIME + 2)) --name=bg --output=/dev/null &
 bg=$!
-pauses=()
+pauses=() replies=()
 for i in 1 2 3 4 5; do
   sleep "$(calc "$RUNTIME / 6")"
-  pauses+=("$(ctl fleece-start id=z$i devices:='["d"]' | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["write-pause-us"])')")
+  t0=$(date +%s.%N)
+  pause=$(ctl fleece-start id=z$i devices:='["d"]' | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["write-pause-us"])')
+  replies+=("$(calc "($(date +%s.%N) - $t0) * 1000")")
+  pauses+=("$pause")
 done
 wait "$bg"
-record fleece "start pause" "$(printf '%s\n' "${pauses[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[3], v[5] }')"
+median_max() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[3], v[5] }'; }
+record fleece "start pause" "$(median_max "${pauses[@]}")"
+# From the second on, each start also re-points the previous newest store's
+# backing link while the writes go on.
+record fleece "start reply" "$(median_max "${replies[@]}")"
 stop_server
 [[ -z $(ls -A "$WORK/stores") ]] || { echo "stores left after shutdown: $(ls "$WORK/stores")" >&2; exit 1; }
 rm -f "$WORK/w.img"
@@ -258,6 +266,8 @@ print(f"| 4k randwrite, 1 fresh snapshot: IOPS | {f(r[('fleece', '1 snapshot')][
 print(f"| 4k randwrite, 3 fresh snapshots: IOPS | {f(r[('fleece', '3 snapshots')][0])} | | |")
 p = r[('fleece', 'start pause')]
 print(f"| fleece-start under writes: write pause µs (median, max of 5) | {f(p[0])}, {f(p[1])} | | |")
+p = r[('fleece', 'start reply')]
+print(f"| fleece-start under writes: reply ms, `fleece ctl` included (median, max of 5) | {f(p[0])}, {f(p[1])} | | |")
 print()
 for s in ("fleece", "qsd"):
     n = r[(s, "no snapshot")][0]
